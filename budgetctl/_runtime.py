@@ -1,0 +1,350 @@
+"""The anytime runtime: draw samples concurrently under a deadline and a budget, keep the best answer.
+
+One async engine (:class:`Run`, opened with :func:`open_run`); :func:`solve` awaits it to the end,
+:func:`solve_sync` runs :func:`solve` in a fresh event loop for synchronous callers. All bookkeeping
+and decisions live in :class:`~budgetctl._core.RunCore`, which the simulator drives too.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import IO, Any, TypeAlias
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._aggregate import Aggregator, MajorityVote
+from ._budget import Budget
+from ._core import RunCore, check_run_args
+from ._sample import Sample
+from ._state import Result, RunState, StopReason
+from ._trace import TRACE_SCHEMA_VERSION, TraceWriter, decision_event, sample_event, stop_event
+from .policies._base import PolicyLike, as_policy
+
+__all__ = ["Run", "Sampler", "open_run", "solve", "solve_sync"]
+
+#: What a sampler is: an async callable returning one :class:`Sample`, or a batch of them.
+Sampler: TypeAlias = Callable[[], Awaitable["Sample | Sequence[Sample]"]]
+
+_Outcome: TypeAlias = tuple[int, object, float]
+
+
+class Run:
+    """A run in progress: read :attr:`best` or :attr:`state` at any moment, or follow :meth:`updates`.
+
+    Made by :func:`open_run`; the samples are drawn by a task in the ``async with`` block's own task
+    group, so leaving the block always stops the run (nothing outlives it). Leaving it before the run
+    has ended stops the run as if its deadline had come.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        *,
+        policy: PolicyLike | None = None,
+        budget: Budget | None = None,
+        deadline: float | None = None,
+        concurrency: int = 1,
+        aggregator: Aggregator | None = None,
+        fallback: object = None,
+        trace: str | os.PathLike[str] | IO[str] | TraceWriter | None = None,
+        sample_timeout: float | None = None,
+        max_failures: int | None = 16,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not callable(sampler):
+            raise TypeError(f"sampler must be an async callable returning a budgetctl.Sample, got {sampler!r}")
+        check_run_args(
+            deadline=deadline, concurrency=concurrency, max_failures=max_failures, sample_timeout=sample_timeout
+        )
+        if budget is not None and not isinstance(budget, Budget):
+            raise TypeError(f"budget must be a budgetctl.Budget or None, got {budget!r}")
+        if aggregator is not None and not hasattr(aggregator, "start"):
+            raise TypeError(f"aggregator must be an Aggregator (with .start()), got {aggregator!r}")
+        self._sampler = sampler
+        self._policy = as_policy(policy)
+        self._aggregator = aggregator if aggregator is not None else MajorityVote()
+        self._deadline = deadline
+        self._concurrency = concurrency
+        self._fallback = fallback
+        self._sample_timeout = sample_timeout
+        self._trace_target = trace
+        self._trace: TraceWriter | None = None
+        self._meta = dict(meta) if meta else {}
+        self._core = RunCore(
+            policy=self._policy,
+            aggregator=self._aggregator,
+            budget=budget,
+            deadline=deadline,
+            max_failures=max_failures,
+        )
+        #: Identifies this run in trace logs.
+        self.id = uuid.uuid4().hex[:12]
+        self._result: Result | None = None
+        self._done = anyio.Event()
+        self._subscribers: list[MemoryObjectSendStream[RunState]] = []
+        self._task_group: TaskGroup | None = None
+        self._t0 = 0.0
+        self._now = 0.0
+        self._traced = 0
+
+    # -- what callers read ---------------------------------------------------------------------------
+    @property
+    def state(self) -> RunState:
+        """The latest snapshot of the run (the final one once it has ended)."""
+        return self._result.state if self._result is not None else self._core.state
+
+    @property
+    def best(self) -> Any:
+        """The current best answer, or the fallback while no sample has voted."""
+        answer = self.state.answer
+        return self._fallback if answer is None else answer
+
+    @property
+    def result(self) -> Result | None:
+        """The result once the run has ended, else ``None``."""
+        return self._result
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has ended."""
+        return self._result is not None
+
+    async def wait(self) -> Result:
+        """Wait for the run to end and return its result."""
+        await self._done.wait()
+        assert self._result is not None
+        return self._result
+
+    def updates(self) -> MemoryObjectReceiveStream[RunState]:
+        """A stream of every snapshot from now on, closed when the run ends (``async for state in ...``).
+
+        Each call gives an independent stream; snapshots are buffered, so a slow reader sees them all.
+        """
+        send, receive = anyio.create_memory_object_stream[RunState](math.inf)
+        if self._result is not None:
+            send.close()
+        else:
+            self._subscribers.append(send)
+        return receive
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def __aenter__(self) -> Run:
+        self._t0 = anyio.current_time()
+        if self._trace_target is not None:
+            target = self._trace_target
+            self._trace = target if isinstance(target, TraceWriter) else TraceWriter(target)
+            self._trace.write(self._start_event())
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._drive, name=f"budgetctl run {self.id}")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._task_group is not None
+        if not self.done:
+            self._task_group.cancel_scope.cancel()
+        try:
+            return await self._task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._result is None:
+                # Left early (or cancelled from outside): the best so far is still the result.
+                self._finish(self._core.time_reason(self._deadline), anyio.current_time() - self._t0)
+            if self._trace is not None and self._trace is not self._trace_target:
+                self._trace.close()
+
+    # -- the engine ----------------------------------------------------------------------------------
+    async def _drive(self) -> None:
+        core = self._core
+        time_limit = core.time_limit
+        reason: StopReason | None = None
+        send, receive = anyio.create_memory_object_stream[_Outcome](math.inf)
+        deadline_at = math.inf if time_limit is None else self._t0 + time_limit
+        with anyio.CancelScope(deadline=deadline_at), receive:
+            async with anyio.create_task_group() as samplers:
+                reason = core.limit_reason()
+                if reason is None:
+                    self._fill(samplers, send)
+                    reason = core.limit_reason()
+                while reason is None:
+                    _, outcome, latency = await receive.receive()
+                    self._now = anyio.current_time() - self._t0
+                    state = core.record(outcome, latency, self._now)
+                    reason = core.decide(state)
+                    self._log(state, reason)
+                    self._publish(state)
+                    if reason is None:
+                        self._fill(samplers, send)
+                        if core.n_in_flight == 0:  # nothing could be launched: limits must say why
+                            reason = core.limit_reason() or "budget"
+                samplers.cancel_scope.cancel()
+        if reason is None:
+            reason = core.time_reason(self._deadline)
+            self._now = anyio.current_time() - self._t0
+        self._finish(reason, self._now)
+
+    def _fill(self, samplers: TaskGroup, send: MemoryObjectSendStream[_Outcome]) -> None:
+        core = self._core
+        while core.n_in_flight < self._concurrency and core.can_launch():
+            index = core.launch()
+            samplers.start_soon(self._sample_once, index, send.clone(), name=f"budgetctl sample {index}")
+
+    async def _sample_once(self, index: int, send: MemoryObjectSendStream[_Outcome]) -> None:
+        started = anyio.current_time()
+        outcome: object
+        with send:
+            try:
+                if self._sample_timeout is None:
+                    outcome = await self._sampler()
+                else:
+                    with anyio.fail_after(self._sample_timeout):
+                        outcome = await self._sampler()
+            except TimeoutError:
+                outcome = TimeoutError(f"sample timed out after {self._sample_timeout} s")
+            except Exception as error:  # a failing sampler is data for the run, never a crash
+                outcome = error
+            send.send_nowait((index, outcome, anyio.current_time() - started))
+
+    def _finish(self, reason: StopReason, now: float) -> None:
+        n_cancelled = self._core.cancel_in_flight()
+        self._result = result = self._core.result(reason, now, fallback=self._fallback, n_cancelled=n_cancelled)
+        if self._trace is not None:
+            self._trace.write(stop_event(self.id, result))
+        self._publish(result.state)
+        for subscriber in self._subscribers:
+            subscriber.close()
+        self._subscribers.clear()
+        self._done.set()
+
+    def _publish(self, state: RunState) -> None:
+        for subscriber in self._subscribers:
+            subscriber.send_nowait(state)
+
+    def _log(self, state: RunState, reason: StopReason | None) -> None:
+        if self._trace is None:
+            return
+        samples = self._core.samples
+        for i in range(self._traced, len(samples)):
+            self._trace.write(sample_event(self.id, i, self._now, samples[i]))
+        self._traced = len(samples)
+        self._trace.write(decision_event(self.id, self._now, state, reason))
+
+    def _start_event(self) -> dict[str, Any]:
+        budget = self._core.budget
+        return {
+            "event": "start",
+            "v": TRACE_SCHEMA_VERSION,
+            "run": self.id,
+            "time": anyio.current_time(),
+            "config": {
+                "policy": repr(self._policy),
+                "aggregator": repr(self._aggregator),
+                "budget": budget.to_dict(),
+                "deadline": self._deadline,
+                "concurrency": self._concurrency,
+                "sample_timeout": self._sample_timeout,
+                "max_failures": self._core.max_failures,
+            },
+            "meta": self._meta,
+        }
+
+
+def open_run(
+    sampler: Sampler,
+    *,
+    policy: PolicyLike | None = None,
+    budget: Budget | None = None,
+    deadline: float | None = None,
+    concurrency: int = 1,
+    aggregator: Aggregator | None = None,
+    fallback: object = None,
+    trace: str | os.PathLike[str] | IO[str] | TraceWriter | None = None,
+    sample_timeout: float | None = None,
+    max_failures: int | None = 16,
+    meta: Mapping[str, Any] | None = None,
+) -> Run:
+    """Start a run for ``async with``: samples are drawn in the background while the block runs.
+
+    ``async with open_run(sampler, deadline=1.0) as run:`` then read ``run.best`` at any moment,
+    ``async for state in run.updates()`` to follow it, or ``await run.wait()`` for the result.
+    Arguments are those of :func:`solve`, checked here before any work starts.
+    """
+    return Run(
+        sampler,
+        policy=policy,
+        budget=budget,
+        deadline=deadline,
+        concurrency=concurrency,
+        aggregator=aggregator,
+        fallback=fallback,
+        trace=trace,
+        sample_timeout=sample_timeout,
+        max_failures=max_failures,
+        meta=meta,
+    )
+
+
+async def solve(
+    sampler: Sampler,
+    *,
+    policy: PolicyLike | None = None,
+    budget: Budget | None = None,
+    deadline: float | None = None,
+    concurrency: int = 1,
+    aggregator: Aggregator | None = None,
+    fallback: object = None,
+    trace: str | os.PathLike[str] | IO[str] | TraceWriter | None = None,
+    sample_timeout: float | None = None,
+    max_failures: int | None = 16,
+    meta: Mapping[str, Any] | None = None,
+) -> Result:
+    """Draw samples until the policy, the budget or the deadline says stop; return the best answer.
+
+    Never raises for a slow or failing sampler: at the deadline the current best is returned (or
+    ``fallback`` if nothing voted) with ``stop_reason="deadline"``.
+
+    Args:
+        sampler: async callable returning a :class:`Sample` (or a list, for a batched call).
+        policy: when to stop (``AdaptiveConsistency(0.95) | MaxSamples(40)``, or ``state -> bool``);
+            ``None`` samples until a budget, the deadline or the sampler runs out.
+        budget: caps on samples, tokens, dollars and seconds.
+        deadline: seconds from now; at it, samples in flight are cancelled and the best is returned.
+        concurrency: most sampler calls in flight at once.
+        aggregator: how samples become an answer (default :class:`MajorityVote`).
+        fallback: the answer when no sample voted.
+        trace: path or text stream (or :class:`TraceWriter`) to append the run's events to.
+        sample_timeout: seconds after which one sampler call is abandoned and recorded as failed.
+        max_failures: failed samples tolerated (each is retried by the next launch) before the run
+            stops with ``stop_reason="error"``; ``None`` tolerates any number.
+        meta: JSON-ready data written into the trace's start event (question id, gold answer...).
+    """
+    async with open_run(
+        sampler,
+        policy=policy,
+        budget=budget,
+        deadline=deadline,
+        concurrency=concurrency,
+        aggregator=aggregator,
+        fallback=fallback,
+        trace=trace,
+        sample_timeout=sample_timeout,
+        max_failures=max_failures,
+        meta=meta,
+    ) as run:
+        return await run.wait()
+
+
+def solve_sync(sampler: Sampler, *, backend: str = "asyncio", **kwargs: Any) -> Result:
+    """:func:`solve` for synchronous callers: runs it to the end in a new event loop (``backend``: asyncio or trio).
+
+    Takes the same keyword arguments as :func:`solve`. Must not be called from inside a running loop.
+    """
+    return anyio.run(functools.partial(solve, sampler, **kwargs), backend=backend)
