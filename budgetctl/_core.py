@@ -19,7 +19,10 @@ from ._sample import Sample, validate_sample
 from ._state import Result, RunState, StopReason
 from .policies._base import StopPolicy
 
-__all__ = ["RunCore", "check_run_args"]
+__all__ = ["RunCore", "check_run_args", "END_OF_STREAM"]
+
+#: What a streaming sampler call reports when its stream ends without a last item.
+END_OF_STREAM = object()
 
 
 def check_run_args(
@@ -122,13 +125,19 @@ class RunCore:
         return self.n_launched - 1
 
     # -- recording ---------------------------------------------------------------------------------
-    def record(self, outcome: object, latency: float, now: float) -> RunState:
+    def record(self, outcome: object, latency: float, now: float, *, final: bool = True) -> RunState:
         """Record what one sampler call gave (samples, an exception, or garbage) and snapshot the run.
 
         Exceptions and invalid returns become failed samples carrying the error; nothing raised by a
-        sampler escapes. :class:`~budgetctl.Exhausted` marks the sampler exhausted.
+        sampler escapes. :class:`~budgetctl.Exhausted` marks the sampler exhausted. A streaming call
+        reports each partial answer with ``final=False`` and ends with ``final=True`` (``outcome``
+        may then be :data:`END_OF_STREAM`, which adds no sample).
         """
-        self.n_in_flight -= 1
+        if final:
+            self.n_in_flight -= 1
+        if outcome is END_OF_STREAM:
+            self._state = self.snapshot(now)
+            return self._state
         for sample in self._as_samples(outcome, latency):
             self._add(sample)
         self._state = self.snapshot(now)

@@ -129,7 +129,7 @@ def _parse_question(record: Any, origin: str) -> Question:
         samples.append(
             Sample(
                 answer=answer,
-                tokens=0 if tokens is None else int(round(tokens)),
+                tokens=0 if tokens is None else round(tokens),
                 logprob=logprob,
                 score=score,
                 confidence=confidence,

@@ -11,7 +11,8 @@ import functools
 import math
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import IO, Any, TypeAlias
 
@@ -21,7 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._aggregate import Aggregator, MajorityVote
 from ._budget import Budget
-from ._core import RunCore, check_run_args
+from ._core import END_OF_STREAM, RunCore, check_run_args
 from ._sample import Sample
 from ._state import Result, RunState, StopReason
 from ._trace import TRACE_SCHEMA_VERSION, TraceWriter, decision_event, sample_event, stop_event
@@ -29,10 +30,11 @@ from .policies._base import PolicyLike, as_policy
 
 __all__ = ["Run", "Sampler", "open_run", "solve", "solve_sync"]
 
-#: What a sampler is: an async callable returning one :class:`Sample`, or a batch of them.
-Sampler: TypeAlias = Callable[[], Awaitable["Sample | Sequence[Sample]"]]
+#: What a sampler is: an async callable returning one :class:`Sample` or a batch of them, or an
+#: async generator yielding partial answers of one chain of thought (each judged as it arrives).
+Sampler: TypeAlias = Callable[[], "Awaitable[Sample | Sequence[Sample]] | AsyncIterator[Sample]"]
 
-_Outcome: TypeAlias = tuple[int, object, float]
+_Outcome: TypeAlias = tuple[int, object, float, bool]
 
 
 class Run:
@@ -175,9 +177,9 @@ class Run:
                     self._fill(samplers, send)
                     reason = core.limit_reason()
                 while reason is None:
-                    _, outcome, latency = await receive.receive()
+                    _, outcome, latency, final = await receive.receive()
                     self._now = anyio.current_time() - self._t0
-                    state = core.record(outcome, latency, self._now)
+                    state = core.record(outcome, latency, self._now, final=final)
                     reason = core.decide(state)
                     self._log(state, reason)
                     self._publish(state)
@@ -199,19 +201,24 @@ class Run:
 
     async def _sample_once(self, index: int, send: MemoryObjectSendStream[_Outcome]) -> None:
         started = anyio.current_time()
-        outcome: object
+        outcome: object = END_OF_STREAM
         with send:
             try:
-                if self._sample_timeout is None:
-                    outcome = await self._sampler()
-                else:
-                    with anyio.fail_after(self._sample_timeout):
-                        outcome = await self._sampler()
+                with anyio.fail_after(self._sample_timeout):
+                    call = self._sampler()
+                    if isinstance(call, AsyncIterator):
+                        # A stream of partial answers (probes of one chain of thought): each is
+                        # recorded and judged as it comes; stopping the run cancels the stream.
+                        async with _closing(call):
+                            async for item in call:
+                                send.send_nowait((index, item, anyio.current_time() - started, False))
+                    else:
+                        outcome = await call
             except TimeoutError:
                 outcome = TimeoutError(f"sample timed out after {self._sample_timeout} s")
             except Exception as error:  # a failing sampler is data for the run, never a crash
                 outcome = error
-            send.send_nowait((index, outcome, anyio.current_time() - started))
+            send.send_nowait((index, outcome, anyio.current_time() - started, True))
 
     def _finish(self, reason: StopReason, now: float) -> None:
         n_cancelled = self._core.cancel_in_flight()
@@ -255,6 +262,17 @@ class Run:
             },
             "meta": self._meta,
         }
+
+
+@asynccontextmanager
+async def _closing(stream: AsyncIterator[Any]) -> AsyncIterator[None]:
+    # Close an async generator when we stop reading it, so its own cleanup (an HTTP stream) runs.
+    try:
+        yield
+    finally:
+        if isinstance(stream, AsyncGenerator):
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
 
 
 def open_run(
