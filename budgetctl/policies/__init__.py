@@ -19,6 +19,10 @@ from ._rules import MaxSamples as MaxSamples
 from ._rules import MaxTokens as MaxTokens
 from ._rules import Stable as Stable
 from ._rules import Unbeatable as Unbeatable
+from ._spec import PolicySpecError as PolicySpecError
+from ._spec import parse_policy as parse_policy
+from ._spec import policy_names as policy_names
+from ._spec import register_policy as register_policy
 
 __all__ = (
     "AdaptiveConsistency",
@@ -31,9 +35,13 @@ __all__ = (
     "Never",
     "Not",
     "PolicyLike",
+    "PolicySpecError",
     "Stable",
     "StopPolicy",
     "Unbeatable",
     "as_policy",
+    "parse_policy",
+    "policy_names",
+    "register_policy",
     "stop_when",
 )

@@ -1,0 +1,131 @@
+"""Policy specs: the command line's way to name a policy, ``NAME[:key=value,...]``.
+
+``ac:threshold=0.9``, ``esc:window=5``, ``fixed:n=40``; ``a|b`` and ``a&b`` compose them (``&``
+binds tighter, as in Python). A spec that is a path to a trained policy loads it. Unknown names and
+keys are errors that list the close matches, so a typo never silently runs the wrong policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ._base import AllOf, AnyOf, StopPolicy
+from ._rules import ESC, AdaptiveConsistency, ConfidenceStop, MaxSamples, MaxTokens, Stable, Unbeatable
+
+__all__ = ["parse_policy", "register_policy", "policy_names", "PolicySpecError"]
+
+
+class PolicySpecError(ValueError):
+    """A policy spec that names no known policy or parameter, or gives a bad value."""
+
+
+_Factory = Callable[..., StopPolicy]
+
+_REGISTRY: dict[str, _Factory] = {
+    "fixed": MaxSamples,
+    "max-samples": MaxSamples,
+    "max-tokens": MaxTokens,
+    "ac": AdaptiveConsistency,
+    "adaptive-consistency": AdaptiveConsistency,
+    "esc": ESC,
+    "stable": Stable,
+    "confidence": ConfidenceStop,
+    "unbeatable": Unbeatable,
+}
+#: Loaders for specs that are a path (a trained policy), tried in order.
+_PATH_LOADERS: list[Callable[[str], StopPolicy]] = []
+
+
+def register_policy(name: str, factory: _Factory, *, path_loader: Callable[[str], StopPolicy] | None = None) -> None:
+    """Make ``name`` usable in specs (``name:key=value``); ``path_loader`` also accepts bare paths."""
+    _REGISTRY[name] = factory
+    if path_loader is not None:
+        _PATH_LOADERS.append(path_loader)
+
+
+def policy_names() -> list[str]:
+    """Every name a spec may use."""
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def _load_plugins() -> None:
+    # Policies that live in optional modules register themselves when imported.
+    import importlib
+
+    for module in ("budgetctl.learn",):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+
+
+def _convert(value: str) -> Any:
+    lowered = value.lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
+def _parameters(factory: _Factory) -> list[str] | None:
+    if dataclasses.is_dataclass(factory):
+        return [f.name for f in dataclasses.fields(factory) if f.init]
+    names = getattr(factory, "spec_parameters", None)
+    return list(names) if names is not None else None
+
+
+def _one(spec: str) -> StopPolicy:
+    text = spec.strip()
+    if not text:
+        raise PolicySpecError("empty policy spec")
+    name, _, rest = text.partition(":")
+    name = name.strip().lower()
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        if os.path.exists(text):
+            for loader in _PATH_LOADERS:
+                return loader(text)
+            raise PolicySpecError(
+                f"{text!r} is a path, but no trained-policy loader is available (install budgetctl[learn])"
+            )
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise PolicySpecError(f"unknown policy {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})")
+    kwargs: dict[str, Any] = {}
+    allowed = _parameters(factory)
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq:
+            raise PolicySpecError(f"{name}: expected key=value, got {item!r}")
+        if allowed is not None and key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise PolicySpecError(f"{name}: unknown parameter {key!r}{hint} (parameters: {', '.join(allowed)})")
+        kwargs[key] = _convert(value.strip())
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise PolicySpecError(f"{spec!r}: {error}") from None
+
+
+def parse_policy(spec: str) -> StopPolicy:
+    """Build the policy a spec names: ``NAME[:key=value,...]`` joined by ``|`` (either) and ``&`` (both)."""
+    _load_plugins()
+    alternatives = [part for part in spec.split("|")]
+    policies = []
+    for alternative in alternatives:
+        parts = [_one(p) for p in alternative.split("&")]
+        policies.append(parts[0] if len(parts) == 1 else AllOf(tuple(parts)))
+    return policies[0] if len(policies) == 1 else AnyOf(tuple(policies))
