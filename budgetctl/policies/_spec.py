@@ -7,6 +7,7 @@ keys are errors that list the close matches, so a typo never silently runs the w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -58,10 +59,8 @@ def _load_plugins() -> None:
     import importlib
 
     for module in ("budgetctl.learn",):
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module(module)
-        except ImportError:
-            pass
 
 
 def _convert(value: str) -> Any:
@@ -78,10 +77,10 @@ def _convert(value: str) -> Any:
     return value
 
 
-def _parameters(factory: _Factory) -> list[str] | None:
-    if dataclasses.is_dataclass(factory):
-        return [f.name for f in dataclasses.fields(factory) if f.init]
+def _parameters(factory: object) -> list[str] | None:
     names = getattr(factory, "spec_parameters", None)
+    if names is None and isinstance(factory, type) and dataclasses.is_dataclass(factory):
+        return [f.name for f in dataclasses.fields(factory) if f.init]
     return list(names) if names is not None else None
 
 
@@ -114,6 +113,17 @@ def _one(spec: str) -> StopPolicy:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise PolicySpecError(f"{name}: unknown parameter {key!r}{hint} (parameters: {', '.join(allowed)})")
         kwargs[key] = _convert(value.strip())
+    if allowed is not None:
+        required = [
+            f.name
+            for f in (
+                dataclasses.fields(factory) if isinstance(factory, type) and dataclasses.is_dataclass(factory) else ()
+            )
+            if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [key for key in required if key not in kwargs]
+        if missing:
+            raise PolicySpecError(f"{name}: missing parameter(s) {', '.join(missing)} (e.g. {name}:{missing[0]}=...)")
     try:
         return factory(**kwargs)
     except (TypeError, ValueError) as error:
