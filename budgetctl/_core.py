@@ -256,7 +256,15 @@ class RunCore:
 
     def decide(self, state: RunState) -> StopReason | None:
         """Whether to stop after ``state``: the policy (or a settled aggregator) first, then the limits."""
-        if state.settled or self.policy(state):
+        return self.stop_reason(self.policy, state)
+
+    def stop_reason(self, policy: StopPolicy, state: RunState) -> StopReason | None:
+        """What :meth:`decide` says for ``policy`` instead of the run's own.
+
+        The simulator uses it to judge several policies on one replayed trajectory: until a policy
+        stops, its run is the same as every other's, so one trajectory serves them all.
+        """
+        if state.settled or policy(state):
             return "policy"
         return self.limit_reason()
 
