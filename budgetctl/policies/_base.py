@@ -32,10 +32,6 @@ class PolicyProtocol(Protocol):
     def __call__(self, state: RunState, /) -> bool: ...
 
 
-#: What every API that takes a policy accepts: a :class:`StopPolicy` or a plain ``state -> bool`` callable.
-PolicyLike: TypeAlias = "StopPolicy | Callable[[RunState], bool]"
-
-
 class StopPolicy:
     """Base of the built-in policies: adds the ``|``, ``&`` and ``~`` operators.
 
@@ -63,6 +59,11 @@ class StopPolicy:
 
     def __invert__(self) -> StopPolicy:
         return Not(self)
+
+
+#: What every API that takes a policy accepts: a :class:`StopPolicy` or a plain ``state -> bool`` callable.
+#: A real union at runtime (not a string), so ``typing.get_type_hints`` works on the public API.
+PolicyLike: TypeAlias = StopPolicy | Callable[[RunState], bool]
 
 
 def _flatten(kind: type[AnyOf] | type[AllOf], parts: tuple[StopPolicy, ...]) -> tuple[StopPolicy, ...]:

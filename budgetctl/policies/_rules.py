@@ -174,10 +174,10 @@ class ConfidenceStop(StopPolicy):
 class Unbeatable(StopPolicy):
     """Budget-aware stop: stop when the samples still allowed can no longer overturn the leader.
 
-    The samples still allowed are the budget's ``samples_left`` and, when given, ``max_samples``
-    minus the samples back; if even all of them going to the runner-up would not put it ahead, more
-    sampling cannot change the answer. Assumes one vote per sample (majority vote). Without any
-    sample cap it never stops.
+    The samples still allowed are those in flight plus the budget's ``samples_left`` and, when
+    given, ``max_samples`` minus the samples back; if even all of them going to the runner-up would
+    not put it ahead, more sampling cannot change the answer. Assumes one vote per sample
+    (majority vote). Without any sample cap it never stops.
     """
 
     max_samples: int | None = None
@@ -187,10 +187,13 @@ class Unbeatable(StopPolicy):
             _positive_int("Unbeatable", "max_samples", self.max_samples)
 
     def samples_left(self, state: RunState) -> int | None:
-        """How many more samples may still be drawn, from the budget and ``max_samples``."""
-        left = state.samples_left
+        """How many more samples may still vote, from the budget and ``max_samples``.
+
+        Samples in flight count: they may come back and vote for the runner-up.
+        """
+        left = None if state.samples_left is None else state.samples_left + state.n_in_flight
         if self.max_samples is not None:
-            own = max(self.max_samples - state.n_done - state.n_in_flight, 0)
+            own = max(self.max_samples - state.n_done, 0)
             left = own if left is None else min(left, own)
         return left
 
