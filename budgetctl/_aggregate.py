@@ -7,6 +7,7 @@ for the current best after every sample.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Callable, Hashable
@@ -26,19 +27,25 @@ __all__ = [
 ]
 
 _SPACES = re.compile(r"\s+")
+# "1,000" and "-12,345.5" use thousands separators; "1,2" does not (a list, or a decimal comma).
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
 
 
 def normalize_answer(answer: Hashable) -> Hashable:
     """The default vote key: strings trimmed, case-folded and whitespace-collapsed; integral floats as ints.
 
-    Numbers written as text (``"1,000"``, ``"1000.0"``) become the same number, so they vote together.
+    Numbers written as text (``"1,000"``, ``"1000.0"``) become the same number, so they vote together;
+    commas count only as thousands separators (``"1,2"`` stays text), and integers are read exactly.
     Anything else is returned unchanged.
     """
     if isinstance(answer, str):
         text = _SPACES.sub(" ", answer.strip()).casefold()
-        number = text.replace(",", "")
-        if number and number[0] in "+-0123456789." and _looks_numeric(number):
-            return _canonical_number(float(number))
+        number = text.replace(",", "") if _THOUSANDS.fullmatch(text) else text
+        if number and number[0] in "+-0123456789.":
+            with contextlib.suppress(ValueError):
+                return int(number)  # exact, however large
+            if _looks_numeric(number):
+                return _canonical_number(float(number))
         return text
     if isinstance(answer, float) and not isinstance(answer, bool):
         return _canonical_number(answer)

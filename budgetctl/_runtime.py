@@ -170,7 +170,7 @@ class Run:
         reason: StopReason | None = None
         send, receive = anyio.create_memory_object_stream[_Outcome](math.inf)
         deadline_at = math.inf if time_limit is None else self._t0 + time_limit
-        with anyio.CancelScope(deadline=deadline_at), receive:
+        with anyio.CancelScope(deadline=deadline_at), send, receive:
             async with anyio.create_task_group() as samplers:
                 reason = core.limit_reason()
                 if reason is None:
