@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 from ._sample import Sample
@@ -31,6 +32,7 @@ _SPACES = re.compile(r"\s+")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
 
 
+@lru_cache(maxsize=1 << 16, typed=True)
 def normalize_answer(answer: Hashable) -> Hashable:
     """The default vote key: strings trimmed, case-folded and whitespace-collapsed; integral floats as ints.
 

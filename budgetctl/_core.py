@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 from ._aggregate import Aggregator, MajorityVote, Tally
 from ._budget import Budget
-from ._sample import Sample, validate_sample
+from ._sample import Exhausted, Sample, validate_sample
 from ._state import Result, RunState, StopReason
 from .policies._base import StopPolicy
 
@@ -144,17 +144,20 @@ class RunCore:
         return self._state
 
     def _as_samples(self, outcome: object, latency: float) -> list[Sample]:
-        from ._sample import Exhausted
-
-        if isinstance(outcome, Exhausted):
+        if type(outcome) is Sample:  # the common case first: one sample
+            batch: list[object] = [outcome]
+        elif isinstance(outcome, Exhausted):
             self.exhausted = True
             return []
-        if isinstance(outcome, BaseException):
+        elif isinstance(outcome, BaseException):
             message = f"{type(outcome).__name__}: {outcome}" if str(outcome) else type(outcome).__name__
             return [Sample(error=message, latency=latency)]
-        batch = list(outcome) if isinstance(outcome, list | tuple) else [outcome]
-        if not batch:
-            return [Sample(error="sampler returned an empty batch", latency=latency)]
+        elif isinstance(outcome, list | tuple):
+            batch = list(outcome)
+            if not batch:
+                return [Sample(error="sampler returned an empty batch", latency=latency)]
+        else:
+            batch = [outcome]
         samples = []
         for item in batch:
             problem = validate_sample(item)
@@ -169,7 +172,7 @@ class RunCore:
     def _add(self, sample: Sample) -> None:
         self.samples.append(sample)
         self.tokens += sample.tokens
-        self.dollars += self.budget.cost_of(sample.tokens, sample.cost)
+        self.dollars += sample.cost if sample.cost is not None else sample.tokens * self.budget.price_per_token
         if sample.error is not None:
             self.n_failed += 1
             return
@@ -204,6 +207,7 @@ class RunCore:
         tally = self.tally
         budget = self.budget
         key = tally.best_key
+        time_limit = self.time_limit
         return RunState(
             self.n_samples,
             self.n_failed,
@@ -211,10 +215,10 @@ class RunCore:
             self.tokens,
             self.dollars,
             now,
-            None if self.time_limit is None else self.time_limit - now,
+            None if time_limit is None else time_limit - now,
             None if budget.samples is None else max(budget.samples - self.n_launched, 0),
             None if budget.tokens is None else max(budget.tokens - self.tokens, 0),
-            tally.best,
+            None if key is None else tally.raw[key],
             tally.confidence,
             tally.leader_votes,
             tally.runner_up_votes,
@@ -227,7 +231,7 @@ class RunCore:
             None if key is None else tally.sample_confidence_of(key),
             None if key is None else tally.score_of(key),
             tally.settled,
-            MappingProxyType(dict(tally.counts)),
+            MappingProxyType(tally.counts.copy()),
         )
 
     @property
@@ -240,7 +244,7 @@ class RunCore:
 
     def limit_reason(self) -> StopReason | None:
         """A reason to stop that no policy can overrule: failures, a spent budget, an exhausted sampler."""
-        if self._too_many_failures():
+        if self.max_failures is not None and self.n_failed > self.max_failures:
             return "error"
         budget = self.budget
         if budget.tokens is not None and self.tokens >= budget.tokens:

@@ -77,26 +77,36 @@ def validate_sample(value: Any) -> str | None:
     """Say what is wrong with a sampler's return value, or ``None`` when it is a usable :class:`Sample`."""
     if not isinstance(value, Sample):
         return f"sampler returned {type(value).__name__} {value!r:.80}, not a budgetctl.Sample"
-    if isinstance(value.tokens, bool) or not isinstance(value.tokens, int):
-        return f"tokens must be an int, got {value.tokens!r}"
-    if value.tokens < 0:
-        return f"tokens must be >= 0, got {value.tokens}"
-    checks = [
-        ("latency", value.latency, 0.0, None),
-        ("logprob", value.logprob, None, 0.0),
-        ("confidence", value.confidence, 0.0, 1.0),
-        ("score", value.score, None, None),
-        ("cost", value.cost, 0.0, None),
-    ]
-    for name, field_value, low, high in checks:
-        if field_value is not None:
-            problem = _finite(name, field_value, low=low, high=high)
-            if problem:
-                return problem
-    if isinstance(value.answer, float) and math.isnan(value.answer):
+    tokens = value.tokens
+    if type(tokens) is not int and (isinstance(tokens, bool) or not isinstance(tokens, int)):
+        return f"tokens must be an int, got {tokens!r}"
+    if tokens < 0:
+        return f"tokens must be >= 0, got {tokens}"
+    if value.latency is not None:
+        problem = _finite("latency", value.latency, low=0.0)
+        if problem:
+            return problem
+    if value.logprob is not None:
+        problem = _finite("logprob", value.logprob, high=0.0)
+        if problem:
+            return problem
+    if value.confidence is not None:
+        problem = _finite("confidence", value.confidence, low=0.0, high=1.0)
+        if problem:
+            return problem
+    if value.score is not None:
+        problem = _finite("score", value.score)
+        if problem:
+            return problem
+    if value.cost is not None:
+        problem = _finite("cost", value.cost, low=0.0)
+        if problem:
+            return problem
+    answer = value.answer
+    if type(answer) is float and answer != answer:
         return "answer is NaN"
     try:
-        hash(value.answer)
+        hash(answer)
     except TypeError:
-        return f"answer must be hashable, got {type(value.answer).__name__}"
+        return f"answer must be hashable, got {type(answer).__name__}"
     return None

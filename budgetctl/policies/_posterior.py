@@ -64,6 +64,7 @@ def _betainc_half(a: float, b: float) -> float:
     return min(1.0, max(0.0, 1.0 - lower))
 
 
+@lru_cache(maxsize=65536)
 def prob_leader_beta(leader: float, runner_up: float) -> float:
     """P(leader's share > runner-up's) under a uniform prior: ``P(p > 1/2)``, ``p ~ Beta(leader+1, runner_up+1)``."""
     if leader == int(leader) and runner_up == int(runner_up):
