@@ -5,6 +5,8 @@ samples until a stop policy predicts more are not worth their cost, the budget i
 deadline comes, and returns the current best answer, never an exception.
 """
 
+from . import extract as extract  # answer extractors: text -> answer
+from . import samplers as samplers  # OpenAI-compatible samplers (openai imported when one is made)
 from ._aggregate import Aggregator as Aggregator
 from ._aggregate import BestOfN as BestOfN
 from ._aggregate import FirstAccepted as FirstAccepted

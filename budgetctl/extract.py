@@ -161,7 +161,7 @@ def choice(letters: str = "ABCDE") -> Extractor:
     if not letters or not letters.isalpha():
         raise ValueError(f"choice: letters must be a non-empty string of letters, got {letters!r}")
     allowed = "".join(dict.fromkeys(letters.upper()))
-    alone = re.compile(rf"^\(?([{allowed}])\)?(?:[.):\s]|$)", re.IGNORECASE)
+    alone = re.compile(rf"^\(?([{allowed}])\)?(?:[.):,*\s]|$)", re.IGNORECASE)
     parenthesised = re.compile(rf"\(([{allowed}])\)", re.IGNORECASE)
 
     def extract_choice(text: str) -> Hashable | None:

@@ -247,6 +247,8 @@ class ReplayServer:
         except LookupError as error:
             self.stats.rejected += 1
             return _error(410, str(error))
+        if params.stream:
+            self.stats.streams += 1
         return _PacedResponse(self, question, replies, params, chat=chat)
 
     def _replies(self, question: Question, params: _Params) -> list[Reply]:

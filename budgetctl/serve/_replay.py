@@ -70,6 +70,8 @@ class ServerStats:
     disconnected: int = 0
     #: Requests refused with a 4xx status (bad JSON, unknown question, bad parameter).
     rejected: int = 0
+    #: Requests answered as a stream of server-sent events.
+    streams: int = 0
     #: Probe requests ("... the answer is") answered.
     probes: int = 0
     #: Pool samples drawn (each choice of each request, probes excluded).
