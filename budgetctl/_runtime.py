@@ -37,6 +37,17 @@ Sampler: TypeAlias = Callable[[], "Awaitable[Sample | Sequence[Sample]] | AsyncI
 _Outcome: TypeAlias = tuple[int, object, float, bool]
 
 
+class _UpdateStream(MemoryObjectReceiveStream[RunState]):
+    # Closes itself when ``async for`` reaches the end of the run, so the plain loop
+    # ``async for state in run.updates():`` leaves no unclosed stream (anyio warns about those).
+    async def __anext__(self) -> RunState:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            self.close()
+            raise StopAsyncIteration from None
+
+
 class Run:
     """A run in progress: read :attr:`best` or :attr:`state` at any moment, or follow :meth:`updates`.
 
@@ -128,13 +139,17 @@ class Run:
         """A stream of every snapshot from now on, closed when the run ends (``async for state in ...``).
 
         Each call gives an independent stream; snapshots are buffered, so a slow reader sees them all.
+        A loop that reads to the end closes the stream; one that may stop early should use
+        ``with run.updates() as updates:``.
         """
         send, receive = anyio.create_memory_object_stream[RunState](math.inf)
+        with receive:
+            updates = _UpdateStream(receive._state)
         if self._result is not None:
             send.close()
         else:
             self._subscribers.append(send)
-        return receive
+        return updates
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def __aenter__(self) -> Run:
@@ -156,6 +171,12 @@ class Run:
             self._task_group.cancel_scope.cancel()
         try:
             return await self._task_group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The block's own exception comes back wrapped by the task group (the run's task never
+            # raises): let it propagate as itself, so ``except ValueError`` around the block works.
+            if exc is not None and all(e is exc for e in group.exceptions):
+                return None
+            raise
         finally:
             if self._result is None:
                 # Left early (or cancelled from outside): the best so far is still the result.
@@ -204,7 +225,9 @@ class Run:
         outcome: object = END_OF_STREAM
         with send:
             try:
-                with anyio.fail_after(self._sample_timeout):
+                # move_on_after, not fail_after: a TimeoutError the sampler raises itself (an HTTP
+                # client's) is its own error, not our sample_timeout.
+                with anyio.move_on_after(self._sample_timeout) as timeout:
                     call = self._sampler()
                     if isinstance(call, AsyncIterator):
                         # A stream of partial answers (probes of one chain of thought): each is
@@ -214,8 +237,8 @@ class Run:
                                 send.send_nowait((index, item, anyio.current_time() - started, False))
                     else:
                         outcome = await call
-            except TimeoutError:
-                outcome = TimeoutError(f"sample timed out after {self._sample_timeout} s")
+                if timeout.cancelled_caught:
+                    outcome = TimeoutError(f"sample timed out after {self._sample_timeout} s")
             except Exception as error:  # a failing sampler is data for the run, never a crash
                 outcome = error
             send.send_nowait((index, outcome, anyio.current_time() - started, True))
@@ -232,8 +255,12 @@ class Run:
         self._done.set()
 
     def _publish(self, state: RunState) -> None:
-        for subscriber in self._subscribers:
-            subscriber.send_nowait(state)
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.send_nowait(state)
+            except anyio.BrokenResourceError:  # the reader closed its stream: stop feeding it
+                subscriber.close()
+                self._subscribers.remove(subscriber)
 
     def _log(self, state: RunState, reason: StopReason | None) -> None:
         if self._trace is None:

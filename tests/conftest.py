@@ -36,7 +36,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def make_state(counts: Mapping[Hashable, float] | None = None, **overrides: Any) -> RunState:
+def make_state(counts: Mapping[Any, float] | None = None, **overrides: Any) -> RunState:
     """A consistent :class:`RunState` from vote ``counts`` (insertion order breaks ties), then ``overrides``.
 
     ``make_state({"a": 3, "b": 1})`` is the state after four unanimous-ish samples: leader ``"a"``
@@ -88,7 +88,7 @@ def states_after(samples: Iterable[Sample | Hashable], **core_args: Any) -> list
     """The snapshots a real run takes after each of ``samples`` (bare answers become ``Sample(answer=a)``)."""
     core_args.setdefault("policy", Never())
     core = RunCore(**core_args)
-    states = []
+    states: list[RunState] = []
     for item in samples:
         sample = item if isinstance(item, Sample) else Sample(answer=item, tokens=1)
         core.launch()

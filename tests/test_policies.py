@@ -268,7 +268,7 @@ def test_unbeatable_counts_samples_in_flight_as_possible_votes() -> None:
     ("build", "error", "bad"),
     [
         (lambda: MaxSamples(0), ValueError, "0"),
-        (lambda: MaxSamples(2.5), TypeError, "2.5"),
+        (lambda: MaxSamples(2.5), TypeError, "2.5"),  # type: ignore[arg-type]
         (lambda: MaxSamples(True), TypeError, "True"),
         (lambda: MaxTokens(-1), ValueError, "-1"),
         (lambda: Stable(0), ValueError, "0"),
@@ -416,7 +416,7 @@ def test_policies_are_pure(policy: StopPolicy, state: RunState) -> None:
     assert all(policy(state) == first for _ in range(3))
     assert tuple(state) == fields_before and dict(state.counts) == counts_before
     # An equal snapshot built separately gets the same answer (no identity-based state).
-    copy = RunState(*[dict(v) if isinstance(v, dict) else v for v in state])
+    copy = state._replace(counts=dict(state.counts))
     assert policy(copy) == first
     # And a policy rebuilt from its pickle decides the same.
     assert pickle.loads(pickle.dumps(policy))(state) == first
