@@ -38,14 +38,19 @@ _Outcome: TypeAlias = tuple[int, object, float, bool]
 
 
 class _UpdateStream(MemoryObjectReceiveStream[RunState]):
-    # Closes itself when ``async for`` reaches the end of the run, so the plain loop
-    # ``async for state in run.updates():`` leaves no unclosed stream (anyio warns about those).
+    # Closes itself when ``async for`` reaches the end of the run, or when the reader drops it
+    # (``break``), so the plain loop ``async for state in run.updates():`` needs no ``with``. It
+    # holds no OS resource, and once closed the run stops feeding it, so anyio's ResourceWarning
+    # for unclosed streams would only be noise here.
     async def __anext__(self) -> RunState:
         try:
             return await self.receive()
         except anyio.EndOfStream:
             self.close()
             raise StopAsyncIteration from None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class Run:
@@ -139,8 +144,8 @@ class Run:
         """A stream of every snapshot from now on, closed when the run ends (``async for state in ...``).
 
         Each call gives an independent stream; snapshots are buffered, so a slow reader sees them all.
-        A loop that reads to the end closes the stream; one that may stop early should use
-        ``with run.updates() as updates:``.
+        The stream closes itself when read to the end or dropped; ``with run.updates() as updates:``
+        closes it at once.
         """
         send, receive = anyio.create_memory_object_stream[RunState](math.inf)
         with receive:

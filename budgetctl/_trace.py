@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import io
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -56,7 +57,22 @@ def open_text(path: str | os.PathLike[str]) -> IO[str]:
 
 
 def _dumps(record: Mapping[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), default=str, allow_nan=False)
+    try:
+        return json.dumps(record, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:
+        # An infinite cap or deadline (``deadline=math.inf``) means "no limit": write null, as for
+        # None, rather than Infinity, which is not JSON.
+        return json.dumps(_finite(record), separators=(",", ":"), default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 class TraceWriter:

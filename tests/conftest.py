@@ -110,9 +110,10 @@ class Replay:
     """A fake sampler replaying ``script`` one step per call; then raises :class:`~budgetctl.Exhausted`.
 
     A step is a :class:`Sample` (returned), an exception instance (raised), :data:`HANG` (sleeps
-    until cancelled), or anything else (returned as is: garbage). ``delay`` seconds (a number or
-    a per-call sequence) are slept before each step. It counts calls, calls in flight (and the
-    most at once), cancellations, and calls that finished.
+    until cancelled), a function (called inside the sampler, and what it gives is returned, so a
+    sample that fails to build fails the call), or anything else (returned as is: garbage).
+    ``delay`` seconds (a number or a per-call sequence) are slept before each step. It counts
+    calls, calls in flight (and the most at once), cancellations, and calls that ended any way.
     """
 
     def __init__(
@@ -157,6 +158,8 @@ class Replay:
                 await anyio.sleep_forever()
             if isinstance(step, BaseException):
                 raise step
+            if callable(step):
+                step = step()
             self.returned.append(step)
             return step
         except anyio.get_cancelled_exc_class():

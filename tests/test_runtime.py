@@ -360,14 +360,16 @@ def test_a_deadline_cancels_at_once_even_a_sampler_that_hangs() -> None:
 
 
 async def test_garbage_returns_are_recorded_as_failures() -> None:
+    # Bad samples are built inside the call: whether Sample refuses them as they are made or the
+    # runtime finds them invalid afterwards, the call is a recorded failure, not a crash.
     script: list[object] = [
-        Sample(answer="a", tokens=-5),
-        Sample(answer="a", confidence=math.nan),
-        Sample(answer="a", confidence=1.5),
-        Sample(answer="a", logprob=math.inf),
-        Sample(answer=math.nan),
-        Sample(answer=["unhashable"]),  # type: ignore[arg-type]
-        Sample(answer="a", tokens=True),
+        lambda: Sample(answer="a", tokens=-5),
+        lambda: Sample(answer="a", confidence=math.nan),
+        lambda: Sample(answer="a", confidence=1.5),
+        lambda: Sample(answer="a", logprob=math.inf),
+        lambda: Sample(answer=math.nan),
+        lambda: Sample(answer=["unhashable"]),  # type: ignore[arg-type]
+        lambda: Sample(answer="a", tokens=True),
         "just a string",
         None,
         {"answer": "a"},
@@ -379,10 +381,10 @@ async def test_garbage_returns_are_recorded_as_failures() -> None:
     assert result.n_failed == len(script) - 1
     assert result.tokens == 4  # garbage never counts its (invalid) tokens
     errors = result.errors
-    assert errors[0] == "tokens must be >= 0, got -5"
-    assert "confidence must be finite" in errors[1] and "confidence must be <= 1.0" in errors[2]
+    assert "tokens must be >= 0, got -5" in errors[0]
+    assert "confidence must be finite" in errors[1] and "confidence must be <= 1" in errors[2]
     assert "logprob must be finite" in errors[3]
-    assert errors[4] == "answer is NaN" and "hashable" in errors[5] and "tokens must be an int" in errors[6]
+    assert "answer is NaN" in errors[4] and "hashable" in errors[5] and "tokens must be an int" in errors[6]
     assert all("not a budgetctl.Sample" in e for e in errors[7:10])
     assert errors[10] == "sampler returned an empty batch"
 
