@@ -49,7 +49,8 @@ async def sample():
     except StopIteration:
         raise bc.Exhausted from None
 
-result = bc.solve_sync(sample, policy=policies.AdaptiveConsistency(0.95, criterion="dirichlet") | policies.MaxSamples(40))
+policy = policies.AdaptiveConsistency(0.95, criterion="dirichlet") | policies.MaxSamples(40)
+result = bc.solve_sync(sample, policy=policy)
 assert result.answer == "42" and result.stop_reason == "exhausted", result
 print("solved", result.answer, result.n_samples)
 """
