@@ -108,6 +108,15 @@ class Tally:
         """The normalised vote key of ``answer``."""
         return self._normalize(answer)
 
+    def copy(self) -> Tally:
+        """An independent copy (the simulator forks a run where replayed orders diverge)."""
+        new = object.__new__(type(self))
+        for cls in type(self).__mro__:
+            for name in getattr(cls, "__slots__", ()):
+                value = getattr(self, name)
+                object.__setattr__(new, name, value.copy() if isinstance(value, dict) else value)
+        return new
+
     def weight(self, sample: Sample) -> float:
         """How much one successful sample's vote weighs."""
         return 1.0

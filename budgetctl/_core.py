@@ -9,7 +9,7 @@ the same order decide the same things.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -106,6 +106,15 @@ class RunCore:
         self._last_key: Hashable = None
         self._state = self.snapshot(0.0)
 
+    def copy(self) -> RunCore:
+        """An independent copy of the run so far (the simulator forks a run where replayed orders diverge)."""
+        new = object.__new__(RunCore)
+        for name in RunCore.__slots__:
+            object.__setattr__(new, name, getattr(self, name))
+        new.tally = self.tally.copy()
+        new.samples = self.samples.copy()
+        return new
+
     # -- launching ---------------------------------------------------------------------------------
     def can_launch(self) -> bool:
         """Whether the budget (and the sampler) allow one more sampler call now."""
@@ -135,11 +144,11 @@ class RunCore:
         """
         if final:
             self.n_in_flight -= 1
-        if outcome is END_OF_STREAM:
-            self._state = self.snapshot(now)
-            return self._state
-        for sample in self._as_samples(outcome, latency):
-            self._add(sample)
+        if type(outcome) is Sample and outcome.latency is not None:  # the hot path: one stamped sample
+            self._add(outcome)
+        elif outcome is not END_OF_STREAM:
+            for sample in self._as_samples(outcome, latency):
+                self._add(sample)
         self._state = self.snapshot(now)
         return self._state
 
@@ -260,17 +269,18 @@ class RunCore:
 
     def decide(self, state: RunState) -> StopReason | None:
         """Whether to stop after ``state``: the policy (or a settled aggregator) first, then the limits."""
-        return self.stop_reason(self.policy, state)
+        return self.judge((self.policy,), state)[0]
 
-    def stop_reason(self, policy: StopPolicy, state: RunState) -> StopReason | None:
-        """What :meth:`decide` says for ``policy`` instead of the run's own.
+    def judge(self, policies: Sequence[StopPolicy], state: RunState) -> list[StopReason | None]:
+        """What :meth:`decide` would say after ``state`` for each of ``policies`` in place of the run's own.
 
-        The simulator uses it to judge several policies on one replayed trajectory: until a policy
+        The simulator judges several policies on one replayed trajectory with it: until a policy
         stops, its run is the same as every other's, so one trajectory serves them all.
         """
-        if state.settled or policy(state):
-            return "policy"
-        return self.limit_reason()
+        if state.settled:
+            return ["policy"] * len(policies)
+        limit = self.limit_reason()
+        return ["policy" if policy(state) else limit for policy in policies]
 
     def time_reason(self, deadline: float | None) -> StopReason:
         """The reason for a stop by the clock: ``budget`` when the time budget came first, else ``deadline``."""

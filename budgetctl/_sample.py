@@ -16,6 +16,8 @@ class Sample:
 
     A sampler returns one of these (or a list of them, for a batched call). ``answer=None`` means the
     output could not be parsed: the sample still costs its tokens but abstains from every vote.
+    Fields are checked on construction (``ValueError`` naming the field): a sampler that builds a bad
+    sample fails, and its failure is recorded by the run like any other.
     """
 
     #: The extracted final answer; ``None`` abstains.
@@ -34,6 +36,11 @@ class Sample:
     cost: float | None = None
     #: Why the sample failed (``None`` for a good sample). Failed samples never vote.
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        problem = _sample_problem(self)
+        if problem is not None:
+            raise ValueError(f"Sample: {problem}")
 
     @property
     def ok(self) -> bool:
@@ -73,10 +80,7 @@ def _finite(name: str, value: object, *, low: float | None = None, high: float |
     return None
 
 
-def validate_sample(value: Any) -> str | None:
-    """Say what is wrong with a sampler's return value, or ``None`` when it is a usable :class:`Sample`."""
-    if not isinstance(value, Sample):
-        return f"sampler returned {type(value).__name__} {value!r:.80}, not a budgetctl.Sample"
+def _sample_problem(value: Sample) -> str | None:
     tokens = value.tokens
     if type(tokens) is not int and (isinstance(tokens, bool) or not isinstance(tokens, int)):
         return f"tokens must be an int, got {tokens!r}"
@@ -110,3 +114,15 @@ def validate_sample(value: Any) -> str | None:
     except TypeError:
         return f"answer must be hashable, got {type(answer).__name__}"
     return None
+
+
+def validate_sample(value: Any) -> str | None:
+    """Say what is wrong with a sampler's return value, or ``None`` when it is a usable :class:`Sample`.
+
+    A :class:`Sample` checks its fields when it is made, so only other objects can be wrong here.
+    """
+    if type(value) is Sample:
+        return None
+    if not isinstance(value, Sample):
+        return f"sampler returned {type(value).__name__} {value!r:.80}, not a budgetctl.Sample"
+    return _sample_problem(value)

@@ -108,7 +108,11 @@ class AdaptiveConsistency(StopPolicy):
         return prob_leader_dirichlet(state.leader_votes, others, self.top_k)
 
     def __call__(self, state: RunState, /) -> bool:
-        return state.total_votes > 0 and self.probability(state) >= self.threshold
+        if state.total_votes <= 0:
+            return False
+        if self.criterion == "beta":  # the common case, without the indirection of probability()
+            return prob_leader_beta(state.leader_votes, state.runner_up_votes) >= self.threshold
+        return self.probability(state) >= self.threshold
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,283 @@
+"""Replaying one question's samples, in one order, through the run core on a virtual clock.
+
+This is the simulator's only path to a policy's behaviour: the same :class:`~budgetctl._core.RunCore`
+that live runs use records each replayed sample and takes each decision. A live
+:func:`~budgetctl.solve` on :class:`ReplaySampler` (under a mock clock) sees the same samples at
+the same times and therefore decides the same things; ``tests/test_sim_equivalence.py`` checks it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import anyio
+import numpy as np
+
+from .._aggregate import Aggregator
+from .._budget import Budget
+from .._core import RunCore
+from .._sample import Exhausted, Sample
+from .._state import RunState, StopReason
+from ..policies._base import Never, StopPolicy
+
+__all__ = ["LatencyModel", "ReplaySampler", "Stop", "replay", "replay_orders"]
+
+_NEVER = Never()
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyModel:
+    """How long a sample takes: ``ttft + tokens * per_token`` seconds, with ``concurrency`` samples in flight.
+
+    The default (all zero, one at a time) is the classic sequential setting in which
+    self-consistency methods are compared by sample counts; deadlines need a non-zero model.
+    """
+
+    #: Seconds to the first token.
+    ttft: float = 0.0
+    #: Seconds per generated token.
+    per_token: float = 0.0
+    #: Samples in flight at once.
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("ttft", "per_token"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"LatencyModel: {name} must be a finite number >= 0, got {value!r}")
+        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ValueError(f"LatencyModel: concurrency must be an int >= 1, got {self.concurrency!r}")
+
+    def latency(self, sample: Sample) -> float:
+        """Seconds one sample takes."""
+        return self.ttft + sample.tokens * self.per_token
+
+    def stamp(self, samples: Sequence[Sample]) -> list[Sample]:
+        """``samples`` with ``latency`` set to what this model gives them, as a live run would record it.
+
+        Replaying stamped samples spares the run core a copy per sample; the result is the same.
+        """
+        return [replace(s, latency=self.latency(s)) for s in samples]
+
+    @property
+    def timed(self) -> bool:
+        """Whether samples take any time at all (deadlines mean something)."""
+        return self.ttft > 0 or self.per_token > 0
+
+
+class Stop(NamedTuple):
+    """Where one policy stopped on one replayed trajectory."""
+
+    #: The snapshot it stopped on.
+    state: RunState
+    #: Why.
+    reason: StopReason
+
+
+class ReplaySampler:
+    """A live sampler that serves pre-drawn samples in a fixed order, each after its modelled latency.
+
+    Raises :class:`~budgetctl.Exhausted` once the samples run out. Used to check that simulation
+    equals live runs, and handy for testing policies against recorded pools.
+    """
+
+    def __init__(self, samples: Sequence[Sample], latency: LatencyModel | None = None) -> None:
+        self._samples = list(samples)
+        self._latency = latency if latency is not None else LatencyModel()
+        self._next = 0
+
+    async def __call__(self) -> Sample:
+        if self._next >= len(self._samples):
+            raise Exhausted("replayed samples exhausted")
+        sample = self._samples[self._next]
+        self._next += 1
+        delay = self._latency.latency(sample)
+        if delay > 0:
+            await anyio.sleep(delay)
+        return sample
+
+
+_EXHAUSTED = Exhausted("replayed samples exhausted")
+
+# Where a branch of the replay stands: about to check the limits before the first launch, about to
+# launch (after the start, or after a sample came back), or waiting for the next sample to come back.
+_START, _START_FILL, _STEP_FILL, _WAIT = range(4)
+
+
+class _Branch:
+    """Orders that have drawn the same samples so far share one run, until their next draws differ."""
+
+    __slots__ = ("core", "heap", "launched", "now", "phase", "members", "active", "judged")
+
+    def __init__(
+        self,
+        core: RunCore,
+        heap: list[tuple[float, int, object, float]],
+        launched: int,
+        now: float,
+        phase: int,
+        members: list[int],
+        active: list[int],
+        judged: list[StopPolicy],
+    ) -> None:
+        self.core = core
+        self.heap = heap
+        self.launched = launched
+        self.now = now
+        self.phase = phase
+        self.members = members
+        self.active = active
+        #: The policies of ``active``, in the same order.
+        self.judged = judged
+
+    def fork(self, members: list[int]) -> _Branch:
+        return _Branch(
+            self.core.copy(),
+            self.heap.copy(),
+            self.launched,
+            self.now,
+            self.phase,
+            members,
+            self.active.copy(),
+            self.judged.copy(),
+        )
+
+
+def replay(
+    samples: Sequence[Sample],
+    order: Sequence[int],
+    policies: Sequence[StopPolicy],
+    *,
+    aggregator: Aggregator | None = None,
+    budget: Budget | None = None,
+    latency: LatencyModel | None = None,
+    deadline: float | None = None,
+) -> list[Stop]:
+    """Replay ``samples`` in ``order`` and return where each of ``policies`` stops.
+
+    Exactly what :func:`~budgetctl.solve` would do with each policy on a sampler that returns those
+    samples in that order after their modelled latencies (ties in completion time resolve in launch
+    order; a completion exactly at the deadline is too late).
+    """
+    return replay_orders(
+        samples, [order], policies, aggregator=aggregator, budget=budget, latency=latency, deadline=deadline
+    )[0]
+
+
+def replay_orders(
+    samples: Sequence[Sample],
+    orders: Sequence[Sequence[int]] | np.ndarray,
+    policies: Sequence[StopPolicy],
+    *,
+    aggregator: Aggregator | None = None,
+    budget: Budget | None = None,
+    latency: LatencyModel | None = None,
+    deadline: float | None = None,
+) -> list[list[Stop]]:
+    """:func:`replay` for many orders of the same samples at once: ``result[o][p]`` is policy p on order o.
+
+    Runs are deterministic, so orders that have drawn equal samples so far are in the same state:
+    they share one run core, forked only where their next draws differ, and every policy is judged
+    on the shared trajectory until it stops. The result is exactly that of replaying each order on
+    its own, at a fraction of the work when samples repeat (the same answer and token count).
+    """
+    model = latency if latency is not None else LatencyModel()
+    n = len(samples)
+    first_of: dict[Sample, int] = {}
+    canonical = np.array([first_of.setdefault(s, i) for i, s in enumerate(samples)], dtype=np.int64)
+    drawn = (
+        canonical[np.asarray(orders, dtype=np.int64).reshape(len(orders), n)]
+        if n
+        else np.zeros((len(orders), 0), dtype=np.int64)
+    )
+    rows = drawn.tolist()
+    results: list[list[Stop | None]] = [[None] * len(policies) for _ in range(len(rows))]
+    concurrency = model.concurrency
+    ttft, per_token = model.ttft, model.per_token
+
+    root_core = RunCore(policy=_NEVER, aggregator=aggregator, budget=budget, deadline=deadline, max_failures=None)
+    time_limit = root_core.time_limit
+    time_reason = root_core.time_reason(deadline)
+    pending = [
+        _Branch(root_core, [], 0, 0.0, _START, list(range(len(rows))), list(range(len(policies))), list(policies))
+    ]
+
+    def finish(branch: _Branch, stop: Stop) -> None:
+        for o in branch.members:
+            row = results[o]
+            for p in branch.active:
+                row[p] = stop
+        branch.active = []
+        branch.judged = []
+
+    while pending:
+        branch = pending.pop()
+        core = branch.core
+        heap = branch.heap
+        members = branch.members
+        while branch.active:
+            phase = branch.phase
+            if phase == _START:
+                reason = core.limit_reason()
+                if reason is not None:
+                    finish(branch, Stop(core.state, reason))
+                    break
+                phase = branch.phase = _START_FILL
+            if phase != _WAIT:
+                while core.n_in_flight < concurrency and core.can_launch():
+                    launched = branch.launched
+                    if launched < n:
+                        if len(members) == 1:
+                            index = rows[members[0]][launched]
+                        else:
+                            groups: dict[int, list[int]] = {}
+                            for o in members:
+                                groups.setdefault(rows[o][launched], []).append(o)
+                            if len(groups) > 1:
+                                split = list(groups.values())
+                                for group in split[1:]:
+                                    pending.append(branch.fork(group))
+                                members = branch.members = split[0]
+                            index = rows[members[0]][launched]
+                        sample = samples[index]
+                        duration = ttft + sample.tokens * per_token
+                        heapq.heappush(heap, (branch.now + duration, launched, sample, duration))
+                    else:
+                        heapq.heappush(heap, (branch.now, launched, _EXHAUSTED, 0.0))
+                    core.launch()
+                    branch.launched = launched + 1
+                if phase == _START_FILL:
+                    reason = core.limit_reason()
+                    if reason is not None:
+                        finish(branch, Stop(core.state, reason))
+                        break
+                elif core.n_in_flight == 0:
+                    finish(branch, Stop(core.state, core.limit_reason() or "budget"))
+                    break
+                branch.phase = _WAIT
+            finished_at, _, item, duration = heapq.heappop(heap)
+            if time_limit is not None and finished_at >= time_limit:
+                branch.now = time_limit
+                core.cancel_in_flight()
+                finish(branch, Stop(core.snapshot(time_limit), time_reason))
+                break
+            branch.now = finished_at
+            state = core.record(item, duration, finished_at)
+            verdicts = core.judge(branch.judged, state)
+            if any(verdicts):
+                still = []
+                for p, reason in zip(branch.active, verdicts, strict=True):
+                    if reason is None:
+                        still.append(p)
+                    else:
+                        stop = Stop(state, reason)
+                        for o in members:
+                            results[o][p] = stop
+                branch.active = still
+                branch.judged = [policies[p] for p in still]
+            branch.phase = _STEP_FILL
+    return [[stop for stop in row if stop is not None] for row in results]
