@@ -157,12 +157,33 @@ class Run:
         return updates
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    async def __aenter__(self) -> Run:
+    def _start(self) -> None:
         self._t0 = anyio.current_time()
         if self._trace_target is not None:
             target = self._trace_target
             self._trace = target if isinstance(target, TraceWriter) else TraceWriter(target)
             self._trace.write(self._start_event())
+
+    def _close(self) -> None:
+        if self._result is None:
+            # Left early (or cancelled from outside): the best so far is still the result.
+            self._finish(self._core.time_reason(self._deadline), anyio.current_time() - self._t0)
+        if self._trace is not None and self._trace is not self._trace_target:
+            self._trace.close()
+
+    async def _run_to_end(self) -> Result:
+        # What ``async with run: await run.wait()`` does, with the engine in the caller's own task:
+        # no background task, task group or event to set up and tear down (solve's fast path).
+        self._start()
+        try:
+            await self._drive()
+        finally:
+            self._close()
+        assert self._result is not None
+        return self._result
+
+    async def __aenter__(self) -> Run:
+        self._start()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._drive, name=f"budgetctl run {self.id}")
@@ -183,11 +204,7 @@ class Run:
                 return None
             raise
         finally:
-            if self._result is None:
-                # Left early (or cancelled from outside): the best so far is still the result.
-                self._finish(self._core.time_reason(self._deadline), anyio.current_time() - self._t0)
-            if self._trace is not None and self._trace is not self._trace_target:
-                self._trace.close()
+            self._close()
 
     # -- the engine ----------------------------------------------------------------------------------
     async def _drive(self) -> None:
@@ -196,8 +213,11 @@ class Run:
         reason: StopReason | None = None
         send, receive = anyio.create_memory_object_stream[_Outcome](math.inf)
         deadline_at = math.inf if time_limit is None else self._t0 + time_limit
-        with anyio.CancelScope(deadline=deadline_at), send, receive:
+        with send, receive:
             async with anyio.create_task_group() as samplers:
+                # The deadline is the task group's own: when it passes, the samplers and this loop
+                # are cancelled at once, and the cancellation ends here.
+                samplers.cancel_scope.deadline = deadline_at
                 reason = core.limit_reason()
                 if reason is None:
                     self._fill(samplers, send)
@@ -223,30 +243,37 @@ class Run:
         core = self._core
         while core.n_in_flight < self._concurrency and core.can_launch():
             index = core.launch()
-            samplers.start_soon(self._sample_once, index, send.clone(), name=f"budgetctl sample {index}")
+            samplers.start_soon(self._sample_once, index, send, name=f"budgetctl sample {index}")
 
     async def _sample_once(self, index: int, send: MemoryObjectSendStream[_Outcome]) -> None:
+        # ``send`` is the run's one result stream, shared by all calls; _drive closes it once the
+        # samplers' task group has ended, so it is open for as long as any call runs.
         started = anyio.current_time()
         outcome: object = END_OF_STREAM
-        with send:
-            try:
+        try:
+            if self._sample_timeout is None:  # no cancel scope to set up per call
+                outcome = await self._call(index, send, started)
+            else:
                 # move_on_after, not fail_after: a TimeoutError the sampler raises itself (an HTTP
                 # client's) is its own error, not our sample_timeout.
                 with anyio.move_on_after(self._sample_timeout) as timeout:
-                    call = self._sampler()
-                    if isinstance(call, AsyncIterator):
-                        # A stream of partial answers (probes of one chain of thought): each is
-                        # recorded and judged as it comes; stopping the run cancels the stream.
-                        async with _closing(call):
-                            async for item in call:
-                                send.send_nowait((index, item, anyio.current_time() - started, False))
-                    else:
-                        outcome = await call
+                    outcome = await self._call(index, send, started)
                 if timeout.cancelled_caught:
                     outcome = TimeoutError(f"sample timed out after {self._sample_timeout} s")
-            except Exception as error:  # a failing sampler is data for the run, never a crash
-                outcome = error
-            send.send_nowait((index, outcome, anyio.current_time() - started, True))
+        except Exception as error:  # a failing sampler is data for the run, never a crash
+            outcome = error
+        send.send_nowait((index, outcome, anyio.current_time() - started, True))
+
+    async def _call(self, index: int, send: MemoryObjectSendStream[_Outcome], started: float) -> object:
+        call = self._sampler()
+        if isinstance(call, AsyncIterator):
+            # A stream of partial answers (probes of one chain of thought): each is recorded and
+            # judged as it comes; stopping the run cancels the stream.
+            async with _closing(call):
+                async for item in call:
+                    send.send_nowait((index, item, anyio.current_time() - started, False))
+            return END_OF_STREAM
+        return await call
 
     def _finish(self, reason: StopReason, now: float) -> None:
         n_cancelled = self._core.cancel_in_flight()
@@ -376,7 +403,7 @@ async def solve(
             stops with ``stop_reason="error"``; ``None`` tolerates any number.
         meta: JSON-ready data written into the trace's start event (question id, gold answer...).
     """
-    async with open_run(
+    run = open_run(
         sampler,
         policy=policy,
         budget=budget,
@@ -388,8 +415,8 @@ async def solve(
         sample_timeout=sample_timeout,
         max_failures=max_failures,
         meta=meta,
-    ) as run:
-        return await run.wait()
+    )
+    return await run._run_to_end()
 
 
 def solve_sync(sampler: Sampler, *, backend: str = "asyncio", **kwargs: Any) -> Result:
