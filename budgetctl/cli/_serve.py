@@ -65,6 +65,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     if not is_loopback(args.host):
         print(f"budgetctl serve: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
+    skipped = server.pool.skipped
+    if skipped:
+        path, line, reason = skipped[0]
+        print(
+            f"budgetctl serve: warning: skipped {len(skipped)} malformed line(s), the first {path}:{line}: {reason}",
+            file=sys.stderr,
+        )
     duplicates = server.index.duplicates
     if duplicates:
         print(

@@ -150,7 +150,8 @@ class ReplayServer:
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         if not isinstance(pool, Pool):
-            pool = load_pool(pool, datasets=datasets)
+            # A server replays what it can: malformed lines are skipped and listed in ``pool.skipped``.
+            pool = load_pool(pool, datasets=datasets, skip_bad=True)
         self.pool = pool
         self.index = QuestionIndex(pool.questions)
         if not self.index.questions:
@@ -217,12 +218,21 @@ class ReplayServer:
         return await self._complete(request, chat=False)
 
     async def _complete(self, request: Request, *, chat: bool) -> Response:
-        self.stats.requests += 1
+        # A request counts in the stats current when it arrived, to its end, even across a reset.
+        stats = self.stats
+        stats.requests += 1
+        stats.in_flight += 1  # from arrival; a paced response takes over and ends it
+        response = await self._answer(request, chat=chat, stats=stats)
+        if not isinstance(response, _PacedResponse):
+            stats.in_flight -= 1
+        return response
+
+    async def _answer(self, request: Request, *, chat: bool, stats: ServerStats) -> Response:
         try:
             try:
                 raw = await request.body()
             except ClientDisconnect:
-                self.stats.disconnected += 1
+                stats.disconnected += 1
                 return Response(status_code=499)  # never sent: nobody is listening
             try:
                 body = json.loads(raw)
@@ -230,11 +240,11 @@ class ReplayServer:
                 raise _BadRequest(f"the request body is not valid JSON: {error}") from None
             params = _parse(body, chat)
         except _BadRequest as error:
-            self.stats.rejected += 1
+            stats.rejected += 1
             return _error(400, str(error), error.param)
         question = self.index.find(params.prompts, params.model)
         if question is None:
-            self.stats.rejected += 1
+            stats.rejected += 1
             shown = params.prompts[-1] if params.prompts else ""
             return _error(
                 404,
@@ -243,17 +253,17 @@ class ReplayServer:
                 "messages" if chat else "prompt",
             )
         try:
-            replies = self._replies(question, params)
+            replies = self._replies(question, params, stats)
         except LookupError as error:
-            self.stats.rejected += 1
+            stats.rejected += 1
             return _error(410, str(error))
         if params.stream:
-            self.stats.streams += 1
-        return _PacedResponse(self, question, replies, params, chat=chat)
+            stats.streams += 1
+        return _PacedResponse(self, stats, question, replies, params, chat=chat)
 
-    def _replies(self, question: Question, params: _Params) -> list[Reply]:
+    def _replies(self, question: Question, params: _Params, stats: ServerStats) -> list[Reply]:
         if is_probe(params.last_text):
-            self.stats.probes += 1
+            stats.probes += 1
             chains = self._chains.get(question.id)
             replies = []
             for _ in range(params.n):
@@ -261,7 +271,7 @@ class ReplayServer:
                     answer = chains[-1]
                 else:
                     sample = self.decks.draw(question)
-                    self.stats.samples_drawn += 1
+                    stats.samples_drawn += 1
                     answer = sample.answer
                 pieces = probe_pieces(answer)
                 cut = params.max_tokens is not None and len(pieces) > params.max_tokens
@@ -275,7 +285,7 @@ class ReplayServer:
                 )
             return replies
         replies = [self.decks.reply(question, params.max_tokens) for _ in range(params.n)]
-        self.stats.samples_drawn += len(replies)
+        stats.samples_drawn += len(replies)
         return replies
 
     # -- bookkeeping used by the paced response ------------------------------------------------------
@@ -325,10 +335,18 @@ class _PacedResponse(Response):
     """
 
     def __init__(
-        self, server: ReplayServer, question: Question, replies: list[Reply], params: _Params, *, chat: bool
+        self,
+        server: ReplayServer,
+        stats: ServerStats,
+        question: Question,
+        replies: list[Reply],
+        params: _Params,
+        *,
+        chat: bool,
     ) -> None:
         super().__init__(status_code=200)
         self.server = server
+        self.stats = stats  # the stats current when the request arrived: it counts there to the end
         self.question = question
         self.replies = replies
         self.params = params
@@ -450,10 +468,9 @@ class _PacedResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = self.server
-        stats = server.stats
+        stats = self.stats
         start = anyio.current_time()
         disconnected = False
-        stats.in_flight += 1
         if not self.probe:
             server._chain_started(self.question, self.replies)
         try:
