@@ -222,9 +222,17 @@ class Run:
                 if reason is None:
                     self._fill(samplers, send)
                     reason = core.limit_reason()
+                limit = math.inf if time_limit is None else time_limit
                 while reason is None:
-                    _, outcome, latency, final = await receive.receive()
+                    # Outcomes already waiting are taken without a trip through the event loop (one
+                    # per sample adds up), each still judged on its own; the wait is only when none is.
+                    try:
+                        _, outcome, latency, final = receive.receive_nowait()
+                    except anyio.WouldBlock:
+                        _, outcome, latency, final = await receive.receive()
                     self._now = anyio.current_time() - self._t0
+                    if self._now >= limit:  # past the deadline: as if it had cancelled us first
+                        break
                     state = core.record(outcome, latency, self._now, final=final)
                     reason = core.decide(state)
                     self._log(state, reason)
