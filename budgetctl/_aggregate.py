@@ -71,14 +71,15 @@ def _canonical_number(value: float) -> Hashable:
 class Tally:
     """The running vote of one run: weighted counts per normalised answer and the current leader.
 
-    The leader changes only when another answer strictly overtakes it, so ties keep the answer that
-    got there first (the same rule in live runs and in simulation).
+    Ties go to the answer seen first, as with ``collections.Counter.most_common`` in the published
+    self-consistency and Adaptive-Consistency code (the same rule in live runs and in simulation).
     """
 
     __slots__ = (
         "_normalize",
         "counts",
         "raw",
+        "_rank",
         "leader",
         "leader_votes",
         "runner_up_votes",
@@ -95,6 +96,8 @@ class Tally:
         self.counts: dict[Hashable, float] = {}
         #: The first raw answer seen for each normalised key: what is reported.
         self.raw: dict[Hashable, Hashable] = {}
+        #: Order in which each normalised key was first seen: ties go to the earliest.
+        self._rank: dict[Hashable, int] = {}
         self.leader: Hashable = None
         self.leader_votes = 0.0
         self.runner_up_votes = 0.0
@@ -128,17 +131,20 @@ class Tally:
             return None
         w = self.weight(sample)
         counts = self.counts
+        rank = self._rank
         if key in counts:
             new = counts[key] + w
         else:
             new = w
             self.raw[key] = sample.answer
+            rank[key] = len(rank)
         counts[key] = new
         self.total_votes += w
-        if self.leader is None or key == self.leader:
+        leader = self.leader
+        if leader is None or key == leader:
             self.leader = key
             self.leader_votes = new
-        elif new > self.leader_votes:
+        elif new > self.leader_votes or (new == self.leader_votes and rank[key] < rank[leader]):
             self.runner_up_votes = self.leader_votes
             self.leader = key
             self.leader_votes = new

@@ -83,9 +83,11 @@ def test_max_tokens_stops_at_the_cap() -> None:
 
 
 def test_stable_counts_samples_since_the_leader_last_changed() -> None:
-    # A tie keeps the incumbent, so "b" does not change the leader; "b" twice does.
+    # A tie goes to the answer seen first, so "b" does not change the leader; "b" twice does.
     assert first_stop(Stable(3), ["a", "b", "a"]) == 3
     assert first_stop(Stable(3), ["a", "b", "b", "b", "b"]) == 5
+    # "b" leads 2-1, then "a" ties 2-2 and, seen first, takes the lead back: the streak restarts.
+    assert first_stop(Stable(3), ["a", "b", "b", "a", "c", "c"]) == 6
     assert first_stop(Stable(1), ["x"]) == 1
     assert first_stop(Stable(2), [None, None, None]) is None  # no leader, no stability
 
@@ -234,10 +236,11 @@ def test_confidence_stop_on_logprob_samples() -> None:
 
 def test_unbeatable_with_a_sample_budget() -> None:
     budget = Budget(samples=10)
-    # After 6 "a": 4 samples left cannot beat 6. After 5: 5 left could tie, which keeps "a" too.
-    assert first_stop(Unbeatable(), ["a"] * 10, budget=budget) == 5
-    # a,b alternating: after 9, "a" leads 5-4 with 1 left: "b" could only tie, and ties keep "a".
-    assert first_stop(Unbeatable(), ["a", "b"] * 5, budget=budget) == 9
+    # After 6 "a", 4 samples left cannot even tie. After 5, 5 left could tie, and a tie is not
+    # known to keep "a" (ties go to the answer seen first, which the state does not say): go on.
+    assert first_stop(Unbeatable(), ["a"] * 10, budget=budget) == 6
+    # a,b alternating: after 9, "a" leads 5-4 with 1 left: "b" could tie, so only the end settles it.
+    assert first_stop(Unbeatable(), ["a", "b"] * 5, budget=budget) == 10
     # Three-way tie after 9: one more sample could still decide it; only the end settles it.
     assert first_stop(Unbeatable(), ["a", "b", "c"] * 3 + ["a"], budget=budget) == 10
 

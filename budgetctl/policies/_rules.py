@@ -205,4 +205,5 @@ class Unbeatable(StopPolicy):
         left = self.samples_left(state)
         if left is None or state.total_votes <= 0:
             return left == 0
-        return state.runner_up_votes + left <= state.leader_votes
+        # Ties go to the answer seen first, which may be the runner-up: only a strict lead is safe.
+        return left == 0 or state.runner_up_votes + left < state.leader_votes

@@ -2,8 +2,8 @@
 
 These are not stop policies (no causal policy can know the full-pool majority in advance), so they
 are computed directly from the orders with numpy. The fixed-N curve uses the same tie rule as the
-run core's majority vote (the leader changes only when strictly overtaken); a test checks it
-against replaying ``MaxSamples(n)`` through the core.
+run core's majority vote (ties go to the answer seen first); a test checks it against replaying
+``MaxSamples(n)`` through the core.
 """
 
 from __future__ import annotations
@@ -59,10 +59,9 @@ def reference(question: Question, orders: np.ndarray, normalize: Callable[[Hasha
     k = max(len(keys), 1)
     onehot = drawn[:, :, None] == np.arange(k)[None, None, :]  # (O, N, K)
     counts = np.cumsum(onehot, axis=1, dtype=np.int32)
-    steps = np.arange(n, dtype=np.int32)[None, :, None]
-    last_seen = np.maximum.accumulate(np.where(onehot, steps, -1), axis=1)
-    # Leader: most votes; among equals, the one that reached its count first (strict-overtake rule).
-    score = counts.astype(np.int64) * (n + 1) - last_seen
+    first_seen = np.where(onehot.any(axis=1), np.argmax(onehot, axis=1), n)[:, None, :]  # (O, 1, K)
+    # Leader: most votes; among equals, the answer seen first (the tally's rule, Counter's too).
+    score = counts.astype(np.int64) * (n + 1) - first_seen
     leader = np.argmax(score, axis=2)  # (O, N)
     voted = counts.max(axis=2) > 0
     majority_correct = voted & correct_class[leader]
