@@ -154,5 +154,5 @@ def test_fixed_n_reference_curve_equals_replaying_max_samples(answers: list[Any]
         assert [s.state.tokens for s in stops] == list(ref.tokens[o])
         # the cost oracle stops at the first k whose majority is the full pool's
         full = stops[-1].state.answer
-        first = next((k for k, s in enumerate(stops, start=1) if s.state.answer == full and full is not None), n)
+        first = next((k for k, s in enumerate(stops, start=1) if s.state.answer == full), n)
         assert ref.oracle_samples[o] == first

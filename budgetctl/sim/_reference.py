@@ -71,7 +71,8 @@ def reference(question: Question, orders: np.ndarray, normalize: Callable[[Hasha
     matches = (leader == final) & voted
     first_match = np.argmax(matches, axis=1)
     has_match = matches.any(axis=1)
-    oracle_index = np.where(has_match, first_match, n - 1)
+    # Where the whole pool abstains, the answer is None however long one samples: stop at once.
+    oracle_index = np.where(has_match, first_match, np.where(voted[:, -1], n - 1, 0))
     rows = np.arange(n_orders)
 
     drawn_correct = sample_correct[orders]
