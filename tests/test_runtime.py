@@ -29,19 +29,18 @@ pytestmark = pytest.mark.anyio
 
 
 def majority(samples: tuple[Sample, ...]) -> Hashable:
-    """Reference majority vote: normalised keys, first raw answer reported, ties keep the incumbent."""
+    """Reference majority vote: normalised keys, first raw answer reported, ties to the answer seen first."""
     counts: dict[Hashable, int] = {}
     raw: dict[Hashable, Hashable] = {}
-    leader: Hashable = None
     for s in samples:
         if s.error is not None or s.answer is None:
             continue
         key = normalize_answer(s.answer)
         counts[key] = counts.get(key, 0) + 1
         raw.setdefault(key, s.answer)
-        if leader is None or counts[key] > counts[leader]:
-            leader = key
-    return None if leader is None else raw[leader]
+    if not counts:
+        return None
+    return raw[max(counts, key=counts.__getitem__)]  # max keeps the first of equals: dict order
 
 
 #: MockClock reaches a deadline by adding float jumps: it lands on it to within rounding.
