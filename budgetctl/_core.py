@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from types import MappingProxyType
 
 from ._aggregate import Aggregator, MajorityVote, Tally
@@ -45,6 +45,19 @@ def check_run_args(
             raise TypeError(f"max_failures must be an int or None, got {max_failures!r}")
         if max_failures < 0:
             raise ValueError(f"max_failures cannot be negative, got {max_failures!r}")
+
+
+_SAMPLE_FIELDS = tuple(f.name for f in fields(Sample))
+
+
+def _stamped(sample: Sample, latency: float) -> Sample:
+    # ``replace(sample, latency=latency)`` without checking every field again: the sample checked
+    # them when it was made, and the latency is the runtime's own. Every live sample passes here.
+    new = object.__new__(Sample)
+    for name in _SAMPLE_FIELDS:
+        object.__setattr__(new, name, getattr(sample, name))
+    object.__setattr__(new, "latency", latency)
+    return new
 
 
 class RunCore:
@@ -173,7 +186,7 @@ class RunCore:
             if problem is not None or not isinstance(item, Sample):
                 samples.append(Sample(error=problem, latency=latency))
             elif item.latency is None:
-                samples.append(replace(item, latency=latency))
+                samples.append(_stamped(item, latency) if type(item) is Sample else replace(item, latency=latency))
             else:
                 samples.append(item)
         return samples
