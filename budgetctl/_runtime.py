@@ -32,7 +32,8 @@ __all__ = ["Run", "Sampler", "open_run", "solve", "solve_sync"]
 
 #: What a sampler is: an async callable returning one :class:`Sample` or a batch of them, or an
 #: async generator yielding partial answers of one chain of thought (each judged as it arrives).
-Sampler: TypeAlias = Callable[[], "Awaitable[Sample | Sequence[Sample]] | AsyncIterator[Sample]"]
+#: (A real type at runtime, not a string, so ``typing.get_type_hints`` resolves it in any module.)
+Sampler: TypeAlias = Callable[[], Awaitable[Sample | Sequence[Sample]] | AsyncIterator[Sample]]
 
 _Outcome: TypeAlias = tuple[int, object, float, bool]
 
