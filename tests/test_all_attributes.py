@@ -87,6 +87,8 @@ def _has_forward_refs(annotation: Any) -> bool:
         return True
     if isinstance(annotation, list | tuple):
         return any(_has_forward_refs(a) for a in annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return False  # its strings are values, not annotations
     return any(_has_forward_refs(a) for a in typing.get_args(annotation))
 
 
