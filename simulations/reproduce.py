@@ -54,8 +54,16 @@ def tot_table(orders: int) -> list[str]:
         ("IO (one sample)", "7.3%", over_all("game24_standard", io.row("fixed:n=1").accuracy, "single")),
         ("CoT (one sample)", "4.0%", over_all("game24_cot", cot.row("fixed:n=1").accuracy, "single")),
         ("CoT-SC, majority of 100", "9.0%", over_all("game24_cot", cot.row("fixed:n=100").accuracy, "majority")),
-        ("IO best of 100 (any verified)", "33%", over_all("game24_standard", io.row("best-of-100 (verifier)").accuracy, "any")),
-        ("CoT best of 100 (any verified)", "49%", over_all("game24_cot", cot.row("best-of-100 (verifier)").accuracy, "any")),
+        (
+            "IO best of 100 (any verified)",
+            "33%",
+            over_all("game24_standard", io.row("best-of-100 (verifier)").accuracy, "any"),
+        ),
+        (
+            "CoT best of 100 (any verified)",
+            "49%",
+            over_all("game24_cot", cot.row("best-of-100 (verifier)").accuracy, "any"),
+        ),
     ]
     lines = [
         "## Tree of Thoughts, Table 2 (Game of 24, GPT-4)",
