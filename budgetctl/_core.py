@@ -64,6 +64,8 @@ class RunCore:
     """The state of one run, updated sample by sample, and the rules that stop it.
 
     Times are seconds since the run started, given by the caller (real or virtual clock).
+    ``keep_samples=False`` keeps no list of the samples (``Result.samples`` is then empty): the
+    simulator, which only reads snapshots, saves the memory and the copies.
     """
 
     __slots__ = (
@@ -86,6 +88,7 @@ class RunCore:
         "exhausted",
         "_last_key",
         "_state",
+        "_keep_samples",
     )
 
     def __init__(
@@ -96,8 +99,10 @@ class RunCore:
         budget: Budget | None = None,
         deadline: float | None = None,
         max_failures: int | None = None,
+        keep_samples: bool = True,
     ) -> None:
         self.budget = budget if budget is not None else Budget()
+        self._keep_samples = keep_samples
         self.policy = policy
         self.max_failures = max_failures
         limits = [t for t in (deadline, self.budget.seconds) if t is not None]
@@ -192,7 +197,8 @@ class RunCore:
         return samples
 
     def _add(self, sample: Sample) -> None:
-        self.samples.append(sample)
+        if self._keep_samples:
+            self.samples.append(sample)
         self.tokens += sample.tokens
         self.dollars += sample.cost if sample.cost is not None else sample.tokens * self.budget.price_per_token
         if sample.error is not None:

@@ -199,7 +199,9 @@ def replay_orders(
     concurrency = model.concurrency
     ttft, per_token = model.ttft, model.per_token
 
-    root_core = RunCore(policy=_NEVER, aggregator=aggregator, budget=budget, deadline=deadline, max_failures=None)
+    root_core = RunCore(
+        policy=_NEVER, aggregator=aggregator, budget=budget, deadline=deadline, max_failures=None, keep_samples=False
+    )
     time_limit = root_core.time_limit
     time_reason = root_core.time_reason(deadline)
     pending = [
