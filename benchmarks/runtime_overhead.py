@@ -271,8 +271,8 @@ def render(command: str, overhead: list[dict[str, Any]], lateness: list[dict[str
         f"Target < {OVERHEAD_TARGET_US:.0f} µs/sample: {verdict(worst < OVERHEAD_TARGET_US)}"
         f" (worst case {worst:.1f} µs/sample).",
         "",
-        "A negative overhead means the noise between repeats on this shared machine is larger than the",
-        'difference being measured: read the column as "within noise of a bare task group" there. Most of',
+        "Where an overhead comes out negative (it can, in some runs), the noise between repeats on this",
+        'shared machine is larger than the difference: read it as "within noise of a bare task group". Most of',
         "the per-sample cost on both sides is anyio's: spawning a task and waking a waiter. What budgetctl",
         "adds per sample (record the outcome, update the vote, snapshot a `RunState`, ask the policy, launch",
         "the next call) was profiled with cProfile; the runtime keeps it small by running solve's engine in",
