@@ -66,7 +66,7 @@ async def test_solve_trace_round_trips(tmp_path: Path) -> None:
 
 async def test_trace_is_flushed_event_by_event(tmp_path: Path) -> None:
     path = tmp_path / "live.jsonl"
-    sampler = Replay([Sample(answer="a", tokens=1), HANG])
+    sampler = Replay([Sample(answer="a", tokens=1), HANG, HANG])  # after the sample, nothing else happens
     async with bc.open_run(sampler, trace=path, concurrency=2) as run:
         async for state in run.updates():
             if state.n_samples == 1:
