@@ -190,6 +190,19 @@ class Tally:
         return self._best_score.get(key)
 
 
+def _aggregator_repr(self: object) -> str:
+    # Show how it was built, the default normaliser by name (not a cache object's address), so a
+    # trace's configuration reads the same from run to run.
+    parts = []
+    for name, value in vars(type(self))["__dataclass_fields__"].items():
+        current = getattr(self, name)
+        if current == value.default:
+            continue
+        shown = getattr(current, "__qualname__", None) if callable(current) else None
+        parts.append(f"{name}={shown or repr(current)}")
+    return f"{type(self).__name__}({', '.join(parts)})"
+
+
 @runtime_checkable
 class Aggregator(Protocol):
     """Turns samples into a current best answer; ``start()`` gives a fresh tally for one run."""
@@ -199,7 +212,7 @@ class Aggregator(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class MajorityVote:
     """Self-consistency: the most frequent answer wins; confidence is its vote share.
 
@@ -212,6 +225,8 @@ class MajorityVote:
     def start(self) -> Tally:
         """A fresh, empty tally for one run."""
         return Tally(self.normalize)
+
+    __repr__ = _aggregator_repr
 
 
 class _WeightedTally(Tally):
@@ -226,7 +241,7 @@ class _WeightedTally(Tally):
         return self._default if confidence is None else confidence
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class WeightedVote:
     """Confidence-weighted vote: each sample votes with its own confidence (logprob-derived or given).
 
@@ -244,6 +259,8 @@ class WeightedVote:
     def start(self) -> Tally:
         """A fresh, empty tally for one run."""
         return _WeightedTally(self.normalize, self.default_weight)
+
+    __repr__ = _aggregator_repr
 
 
 class _BestScoreTally(Tally):
@@ -272,7 +289,7 @@ class _BestScoreTally(Tally):
         return min(1.0, max(0.0, self._top_score))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class BestOfN:
     """Best-of-N: the answer of the highest verifier score wins (ties: the earliest).
 
@@ -285,6 +302,8 @@ class BestOfN:
     def start(self) -> Tally:
         """A fresh, empty tally for one run."""
         return _BestScoreTally(self.normalize)
+
+    __repr__ = _aggregator_repr
 
 
 class _AcceptTally(Tally):
@@ -311,7 +330,7 @@ class _AcceptTally(Tally):
         return 1.0 if self.settled else self.vote_share()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FirstAccepted:
     """First-accepted: the first answer whose verifier score reaches ``threshold`` wins, and the run stops.
 
@@ -329,3 +348,5 @@ class FirstAccepted:
     def start(self) -> Tally:
         """A fresh, empty tally for one run."""
         return _AcceptTally(self.normalize, self.threshold)
+
+    __repr__ = _aggregator_repr

@@ -28,7 +28,7 @@ from ._state import Result, RunState, StopReason
 from ._trace import TRACE_SCHEMA_VERSION, TraceWriter, decision_event, sample_event, stop_event
 from .policies._base import PolicyLike, as_policy
 
-__all__ = ["Run", "Sampler", "open_run", "solve", "solve_sync"]
+__all__ = ["Run", "RunUpdates", "Sampler", "open_run", "solve", "solve_sync"]
 
 #: What a sampler is: an async callable returning one :class:`Sample` or a batch of them, or an
 #: async generator yielding partial answers of one chain of thought (each judged as it arrives).
@@ -38,20 +38,44 @@ Sampler: TypeAlias = Callable[[], Awaitable[Sample | Sequence[Sample]] | AsyncIt
 _Outcome: TypeAlias = tuple[int, object, float, bool]
 
 
-class _UpdateStream(MemoryObjectReceiveStream[RunState]):
-    # Closes itself when ``async for`` reaches the end of the run, or when the reader drops it
-    # (``break``), so the plain loop ``async for state in run.updates():`` needs no ``with``. It
-    # holds no OS resource, and once closed the run stops feeding it, so anyio's ResourceWarning
-    # for unclosed streams would only be noise here.
+class RunUpdates:
+    """The snapshots of a run from the moment it was asked for, as an async iterator that ends with the run.
+
+    ``async for state in run.updates():`` needs no ``with``: the stream closes itself at the end of
+    the run, or when the reader drops it (``break``); ``with run.updates() as updates:`` closes it at
+    once when the block ends. Snapshots are buffered, so a slow reader still sees every one.
+    """
+
+    def __init__(self, receive: MemoryObjectReceiveStream[RunState]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> RunUpdates:
+        return self
+
     async def __anext__(self) -> RunState:
         try:
-            return await self.receive()
-        except anyio.EndOfStream:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
             self.close()
             raise StopAsyncIteration from None
 
-    def __del__(self) -> None:
+    async def receive(self) -> RunState:
+        """The next snapshot; raises ``anyio.EndOfStream`` once the run has ended and all were read."""
+        return await self._receive.receive()
+
+    def close(self) -> None:
+        """Stop receiving; the run stops feeding this stream."""
+        self._receive.close()
+
+    def __enter__(self) -> RunUpdates:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        # Dropped without being read to the end: close it, so nothing is left open.
+        self._receive.close()
 
 
 class Run:
@@ -141,7 +165,7 @@ class Run:
         assert self._result is not None
         return self._result
 
-    def updates(self) -> MemoryObjectReceiveStream[RunState]:
+    def updates(self) -> RunUpdates:
         """A stream of every snapshot from now on, closed when the run ends (``async for state in ...``).
 
         Each call gives an independent stream; snapshots are buffered, so a slow reader sees them all.
@@ -149,8 +173,7 @@ class Run:
         closes it at once.
         """
         send, receive = anyio.create_memory_object_stream[RunState](math.inf)
-        with receive:
-            updates = _UpdateStream(receive._state)
+        updates = RunUpdates(receive)
         if self._result is not None:
             send.close()
         else:
