@@ -131,6 +131,7 @@ async def test_100ms_deadline_returns_the_best_so_far_and_cancels_requests(live:
     assert await eventually(lambda: stats.in_flight == 0, within=2.5), stats
     assert stats.disconnected >= 1
     assert stats.completed + stats.disconnected == stats.requests
+    assert 0 < stats.tokens_before_disconnect < 3000 * stats.disconnected  # cut short, not run to the end
     # Replies that finished just as the deadline came are billed but never counted by the run.
     assert stats.completion_tokens >= result.tokens
 
@@ -196,7 +197,7 @@ async def test_a_settled_chain_is_stopped_and_its_stream_closed(live: RunningSer
     assert stats.streams == 1 and stats.probes >= 2
     assert await eventually(lambda: stats.in_flight == 0, within=1.5), stats  # long before its 2 s end
     assert stats.disconnected >= 1  # the stream (and a third probe, if one had started)
-    assert 40 <= stats.tokens_sent_before_disconnect < 2000
+    assert 40 <= stats.tokens_before_disconnect < 2000
 
 
 async def test_a_finished_chain_adds_up_to_its_usage(live: RunningServer, client: Any) -> None:
@@ -344,6 +345,24 @@ def test_ask_reports_unknown_questions_and_bad_flags(
     assert "--price-in" in capsys.readouterr().err
     assert main([*argv[:-1], "--policy", "acc:threshold=0.9", EASY]) == 2
     assert "did you mean" in capsys.readouterr().err
+
+
+def test_serve_refuses_bad_arguments(pool_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(pool_file.parent / "missing.jsonl")]) == 2
+    assert "pool file not found" in capsys.readouterr().err
+    assert main(["serve", str(pool_file), "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
+    assert main(["serve", str(pool_file), "--ttft-ms", "-1"]) == 2
+    assert "--ttft-ms" in capsys.readouterr().err
+
+
+def test_a_server_needs_question_texts(tmp_path: Path) -> None:
+    path = tmp_path / "no_text.jsonl"
+    path.write_text(json.dumps({"id": "q", "samples": [{"answer": "a", "tokens": 3}]}) + "\n")
+    with pytest.raises(ValueError, match=r"no question in .* has a question text"):
+        ReplayServer(path)
+    with pytest.raises(ValueError, match="ms_per_token"):
+        ReplayServer(path, ms_per_token=-1)
 
 
 # -- the real pools, when present ----------------------------------------------------------------------------

@@ -80,8 +80,9 @@ class ServerStats:
     prompt_tokens: int = 0
     #: Completion tokens of the completed responses (as their ``usage`` reported).
     completion_tokens: int = 0
-    #: Tokens sent to clients that then disconnected (work the cancellation did not save).
-    tokens_sent_before_disconnect: int = 0
+    #: Tokens generated for clients that went away before the end (streamed to them, or, for a whole
+    #: reply, as far as its pacing had got): work the cancellation came too late to save.
+    tokens_before_disconnect: int = 0
     #: Requests being answered right now.
     in_flight: int = 0
 
