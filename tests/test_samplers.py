@@ -77,7 +77,7 @@ def chat_response(
 ) -> Any:
     choices = []
     for i, text in enumerate(texts):
-        lp = None
+        lp: dict[str, Any] | None = None
         if logprobs is not None:
             lp = {"content": [{"token": "t", "logprob": v, "bytes": None, "top_logprobs": []} for v in logprobs[i]]}
         choices.append(
@@ -395,7 +395,7 @@ def test_alternate_follows_its_weights() -> None:
 
     mixed = alternate(named("a"), named("b"), weights=(3, 1))
     for _ in range(8):
-        mixed().close()  # type: ignore[attr-defined]
+        mixed().close()
     assert order == ["a", "a", "b", "a", "a", "a", "b", "a"]
     assert mixed.calls == [6, 2]
     with pytest.raises(ValueError, match="weights"):
