@@ -31,6 +31,7 @@ from ._trace import TraceWriter as TraceWriter
 from ._trace import read_events as read_events
 from ._trace import read_runs as read_runs
 from ._version import __version__ as __version__
+from .sched._scheduler import Scheduler as Scheduler
 
 __all__ = (
     "Aggregator",
@@ -44,6 +45,7 @@ __all__ = (
     "RunState",
     "Sample",
     "Sampler",
+    "Scheduler",
     "StopReason",
     "Tally",
     "TraceFormatError",

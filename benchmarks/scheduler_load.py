@@ -1,0 +1,305 @@
+"""Scheduler load benchmark: 10,000 concurrent requests on simulated samplers, cost per decision and memory.
+
+1. Live load: ``N`` requests start at once on one :class:`budgetctl.Scheduler` (``slots`` sample
+   slots); each sampler sleeps 1-20 ms and returns an answer drawn from that request's own answer
+   distribution; each request stops on Adaptive-Consistency (or 8 samples) or at its deadline.
+   Reported: wall time, samples, scheduling decisions, and the scheduler's own time per decision
+   (``SchedulerStats.us_per_decision``: a returned sample's stop check and new priority, the queue,
+   the capacity, starting the chosen sampler). Run twice per backend; the second run is reported
+   (the first warms caches).
+2. The allocator alone (no event loop): ``N`` requests queued, then slots given and taken back
+   one at a time, each returned request re-queued with a new priority: microseconds per decision.
+3. Memory (tracemalloc, asyncio): traced memory before the scheduler, at the peak, and after
+   each of two waves of ``N`` requests has ended, with the scheduler still open and after it
+   closes; tasks alive before and after. Flat means: the second wave ends where the first did.
+
+Target (issue 5): under 20 us per decision; memory flat after the requests end.
+
+    python benchmarks/scheduler_load.py            # measures, prints, rewrites "## Scheduler" in docs/benchmarks.md
+    python benchmarks/scheduler_load.py --quick    # 1,000 requests, nothing written
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import random
+import re
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+import budgetctl as bc
+from budgetctl._core import RunCore
+from budgetctl._sample import Sample
+from budgetctl.policies import AdaptiveConsistency, MaxSamples
+from budgetctl.sched import LookaheadGain
+from budgetctl.sched._allocate import Allocator, Capacity, Ticket
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+SECTION = "## Scheduler"
+TARGET_US = 20.0
+POLICY = AdaptiveConsistency(0.95) | MaxSamples(8)
+
+
+# -- 1. live load ---------------------------------------------------------------------------------------
+
+
+def make_sampler(rng: random.Random) -> Any:
+    """A simulated model: this request's answers are skewed to a few values, latency 1-20 ms."""
+    answers = [str(rng.randrange(5)) for _ in range(rng.randrange(1, 5))] + ["right"] * rng.randrange(1, 6)
+
+    async def sample() -> bc.Sample:
+        await anyio.sleep(rng.uniform(0.001, 0.02))
+        return bc.Sample(answer=rng.choice(answers), tokens=rng.randrange(50, 400))
+
+    return sample
+
+
+async def wave(sched: bc.Scheduler, n: int, seed: int, deadline: float) -> list[bc.Result]:
+    rng = random.Random(seed)
+    results: list[bc.Result] = []
+
+    async def one(i: int) -> None:
+        results.append(await sched.solve(make_sampler(rng), deadline=deadline, value=1.0 + (i % 3)))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    return results
+
+
+async def live(n: int, slots: int, deadline: float) -> dict[str, Any]:
+    rows = {}
+    for attempt in range(2):
+        gc.collect()
+        started = time.perf_counter()
+        async with bc.Scheduler(slots=slots, policy=POLICY) as sched:
+            results = await wave(sched, n, attempt, deadline)
+            stats = sched.stats()
+        elapsed = time.perf_counter() - started
+        reasons: dict[str, int] = {}
+        for r in results:
+            reasons[r.stop_reason] = reasons.get(r.stop_reason, 0) + 1
+        rows = {
+            "requests": n,
+            "slots": slots,
+            "seconds": elapsed,
+            "samples": sum(r.n_samples + r.n_failed for r in results),
+            "decisions": stats.decisions,
+            "us_per_decision": stats.us_per_decision,
+            "admitted": stats.admitted,
+            "rejected": stats.rejected,
+            "reasons": reasons,
+        }
+    return rows
+
+
+# -- 2. the allocator alone -----------------------------------------------------------------------------
+
+
+def allocator_alone(n: int, slots: int, rounds: int) -> float:
+    """Microseconds per decision (launch + return + re-queue with a new priority), ``n`` requests queued."""
+    rng = random.Random(0)
+    allocator = Allocator(Capacity(slots), lookahead=4)
+    gain = LookaheadGain()
+    tickets = []
+    for i in range(n):
+        ticket = Ticket(RunCore(policy=POLICY), gain, value=1.0 + i % 3, deadline_at=1e9 + i)
+        allocator.admit(ticket, 0.0)
+        tickets.append(ticket)
+    answers = ["a", "a", "b", "c"]
+    samples = [Sample(answer=rng.choice(answers), tokens=100, latency=0.01) for _ in range(64)]
+    decided = allocator.dispatch(0.0)
+    in_flight = list(decided.launched)
+    gc.collect()
+    spent = 0
+    clock = time.perf_counter_ns
+    for k in range(rounds):
+        ticket = in_flight[k % len(in_flight)]
+        sample = samples[k % 64]
+        state = ticket.core.record(sample, 0.01, 0.0)  # the run's own bookkeeping: not timed
+        started = clock()
+        allocator.returned(ticket, 0.0, 0.01, 100, 0.0)
+        stopped = allocator.after_record(ticket, state) is not None
+        spent += clock() - started
+        if stopped:  # a fresh request takes its place
+            allocator.remove(ticket, 0.0)
+            allocator.admit(Ticket(RunCore(policy=POLICY), gain, deadline_at=1e9), 0.0)
+        started = clock()
+        in_flight[k % len(in_flight)] = allocator.dispatch(0.0).launched[0]
+        spent += clock() - started
+    return spent / rounds / 1e3
+
+
+# -- 3. memory ----------------------------------------------------------------------------------------------
+
+
+async def memory(n: int, slots: int, deadline: float) -> dict[str, Any]:
+    gc.collect()
+    tasks_before = len(asyncio.all_tasks())
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    after: list[int] = []
+    async with bc.Scheduler(slots=slots, policy=POLICY) as sched:
+        for attempt in range(2):
+            results = await wave(sched, n, 100 + attempt, deadline)
+            assert len(results) == n
+            del results
+            gc.collect()
+            after.append(tracemalloc.get_traced_memory()[0] - base)
+        peak = tracemalloc.get_traced_memory()[1] - base
+        stats = sched.stats()
+    gc.collect()
+    closed = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    return {
+        "requests": n,
+        "peak_bytes": peak,
+        "peak_per_request": peak / n,
+        "after_wave1": after[0],
+        "after_wave2": after[1],
+        "after_close": closed,
+        "tasks_before": tasks_before,
+        "tasks_after": len(asyncio.all_tasks()),
+        "running_after": stats.running,
+        "waiting_after": stats.waiting,
+        "in_use_after": stats.in_use,
+    }
+
+
+# -- report -----------------------------------------------------------------------------------------------
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+def machine_note() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores ({cpu}), shared with other jobs; Python {platform.python_version()},"
+        f" anyio {_version('anyio')}, trio {_version('trio')}, budgetctl {bc.__version__}"
+    )
+
+
+def render(command: str, live_rows: list[dict[str, Any]], alone: list[tuple[int, float]], mem: dict[str, Any]) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}` ({machine_note()}).",
+        "",
+        f"Target (issue 5): under {TARGET_US:.0f} us per scheduling decision; memory flat after the requests end.",
+        "",
+        "### Live load",
+        "",
+        f"Requests start at once; samplers sleep 1-20 ms; policy `{POLICY!r}`; deadline 60 s; gain"
+        " `LookaheadGain()`; us/decision is the scheduler's own time (SchedulerStats: stop check and new"
+        " priority of each returned sample, queue, capacity, starting the chosen sampler); second of two runs.",
+        "",
+        "| backend | requests | slots | wall s | samples | decisions | us/decision | stop reasons |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in live_rows:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(row["reasons"].items()))
+        lines.append(
+            f"| {row['backend']} | {row['requests']:,} | {row['slots']} | {row['seconds']:.1f} | {row['samples']:,}"
+            f" | {row['decisions']:,} | {row['us_per_decision']:.1f} | {reasons} |"
+        )
+    lines += [
+        "",
+        "### The allocator alone",
+        "",
+        "No event loop: requests queued, one slot at a time given back and given out; timed: the"
+        " returned sample's stop check and the request's new priority and place in the queue, then"
+        " the choice of the next request (not the run's own recording of the sample).",
+        "",
+        "| requests queued | us/decision |",
+        "|---|---|",
+    ]
+    lines += [f"| {n:,} | {us:.1f} |" for n, us in alone]
+    kib = 1024
+    lines += [
+        "",
+        "### Memory (tracemalloc, asyncio)",
+        "",
+        f"Two waves of {mem['requests']:,} requests on one scheduler; traced memory relative to before it.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| peak | {mem['peak_bytes'] / kib:,.0f} KiB ({mem['peak_per_request'] / kib:.1f} KiB per request) |",
+        f"| after wave 1 ended (scheduler open) | {mem['after_wave1'] / kib:,.1f} KiB |",
+        f"| after wave 2 ended (scheduler open) | {mem['after_wave2'] / kib:,.1f} KiB |",
+        f"| after the scheduler closed | {mem['after_close'] / kib:,.1f} KiB |",
+        f"| asyncio tasks before / after | {mem['tasks_before']} / {mem['tasks_after']} |",
+        f"| requests running / waiting, slots in use after | {mem['running_after']} / {mem['waiting_after']}"
+        f" / {mem['in_use_after']} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    DOC.parent.mkdir(exist_ok=True)
+    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: text + "\n", current)
+    else:
+        updated = current.rstrip("\n") + "\n\n" + text + "\n"
+    DOC.write_text(updated)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 requests; write nothing")
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--slots", type=int, default=256)
+    args = parser.parse_args()
+    n = 1_000 if args.quick else args.requests
+    deadline = 60.0
+    live_rows = []
+    for backend in ("asyncio", "trio"):
+        row = anyio.run(live, n, args.slots, deadline, backend=backend)
+        row["backend"] = backend
+        live_rows.append(row)
+        print(
+            f"  live {backend:7} {n:,} requests: {row['seconds']:.1f} s, {row['samples']:,} samples,"
+            f" {row['decisions']:,} decisions, {row['us_per_decision']:.1f} us/decision, {row['reasons']}",
+            flush=True,
+        )
+    alone = []
+    for queued in (1_000, n):
+        us = allocator_alone(queued, args.slots, 50_000)
+        alone.append((queued, us))
+        print(f"  allocator alone, {queued:,} queued: {us:.1f} us/decision", flush=True)
+    mem = anyio.run(memory, n, args.slots, deadline, backend="asyncio")
+    print(f"  memory: {mem}", flush=True)
+    if not args.quick:
+        command = "python benchmarks/scheduler_load.py" + ("" if n == 10_000 else f" --requests {n}")
+        write_section(render(command, live_rows, alone, mem))
+        print(f"wrote {SECTION!r} in {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
