@@ -215,3 +215,13 @@ def test_reproduces_the_reference_figures_on_esc_last_letters() -> None:
     assert ac.mean_samples == pytest.approx(6.43, abs=0.15) and ac.accuracy == pytest.approx(0.832, abs=0.004)
     assert esc.mean_samples == pytest.approx(8.81, abs=0.3) and esc.accuracy == pytest.approx(0.831, abs=0.004)
     assert result.overall.full_pool_accuracy == pytest.approx(0.832, abs=0.001)
+
+
+def test_cli_scheduler_mode(pool: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", str(pool), "--scheduler", "slots=2", "--budget-per-question", "2", "--orders", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "shared budget: 2 samples per question" in printed and "uniform" in printed
+    assert main(["simulate", str(pool), "--budget-per-question", "2"]) == 2
+    assert "needs --scheduler" in capsys.readouterr().err
+    assert main(["simulate", str(pool), "--scheduler", "slot=2"]) == 2
+    assert "--scheduler takes slots=N" in capsys.readouterr().err

@@ -77,6 +77,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--plot", metavar="PNG", help="draw accuracy against cost to this PNG (needs budgetctl[plot])")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU)")
+    parser.add_argument(
+        "--scheduler",
+        metavar="slots=N[,batch=N,lookahead=N]",
+        help="simulate many requests sharing one budget through the scheduler instead (see docs/scheduler.md)",
+    )
+    parser.add_argument(
+        "--budget-per-question",
+        type=float,
+        default=None,
+        metavar="SAMPLES",
+        help="with --scheduler: mean samples per question that the batch shares (default 3)",
+    )
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
     progress.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -93,14 +105,67 @@ def _deadlines(text: str) -> tuple[float, ...]:
     return values
 
 
+_SCHEDULER_KEYS = {"slots": int, "batch": int, "lookahead": int}
+
+
+def _scheduler_options(text: str) -> dict[str, int]:
+    options: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in _SCHEDULER_KEYS:
+            raise ValueError(f"--scheduler takes {', '.join(f'{k}=N' for k in _SCHEDULER_KEYS)}; got {item!r}")
+        try:
+            options[key] = _SCHEDULER_KEYS[key](value)
+        except ValueError:
+            raise ValueError(f"--scheduler {key} must be an integer, got {value!r}") from None
+    return options
+
+
+def _run_scheduler(args: argparse.Namespace, pools: list[str], latency: LatencyModel) -> int:
+    from ..sched import simulate_shared_budget
+
+    if len(args.policy) > 1 or args.sweep:
+        raise ValueError("--scheduler takes at most one --policy (each request's own stop policy) and no --sweep")
+    options = _scheduler_options(args.scheduler)
+    result = simulate_shared_budget(
+        pools,
+        slots=options.get("slots", 8),
+        batch=options.get("batch"),
+        lookahead=options.get("lookahead", 3),
+        budget_per_question=3.0 if args.budget_per_question is None else args.budget_per_question,
+        orders=args.orders,
+        seed=args.seed,
+        policy=args.policy[0] if args.policy else None,
+        latency=latency,
+        deadline=args.deadline,
+        datasets=args.dataset,
+        skip_bad=args.skip_bad,
+    )
+    if args.json == "-":
+        json.dump(result.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(result.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as stream:
+            json.dump(result.to_dict(), stream, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the simulation the arguments describe; print the table and write the files."""
     pools = args.pools or [demo_pool_path()]
+    if args.scheduler is None and args.budget_per_question is not None:
+        raise ValueError("--budget-per-question needs --scheduler (e.g. --scheduler slots=8)")
     policies = args.policy or ([] if args.sweep else list(DEFAULT_POLICIES))
     sweeps = [(spec, sweep_specs(spec, args.sweep_points)) for spec in args.sweep]
     latency = LatencyModel(
         ttft=args.ttft_ms / 1000.0, per_token=args.ms_per_token / 1000.0, concurrency=args.concurrency
     )
+    if args.scheduler is not None:
+        return _run_scheduler(args, pools, latency)
     if args.price_per_1k < 0:
         raise ValueError(f"--price-per-1k cannot be negative, got {args.price_per_1k}")
     budget = Budget(samples=args.budget_samples, tokens=args.budget_tokens)
