@@ -275,37 +275,9 @@ class Run:
         core = self._core
         while core.n_in_flight < self._concurrency and core.can_launch():
             index = core.launch()
-            samplers.start_soon(self._sample_once, index, send, name=f"budgetctl sample {index}")
-
-    async def _sample_once(self, index: int, send: MemoryObjectSendStream[_Outcome]) -> None:
-        # ``send`` is the run's one result stream, shared by all calls; _drive closes it once the
-        # samplers' task group has ended, so it is open for as long as any call runs.
-        started = anyio.current_time()
-        outcome: object = END_OF_STREAM
-        try:
-            if self._sample_timeout is None:  # no cancel scope to set up per call
-                outcome = await self._call(index, send, started)
-            else:
-                # move_on_after, not fail_after: a TimeoutError the sampler raises itself (an HTTP
-                # client's) is its own error, not our sample_timeout.
-                with anyio.move_on_after(self._sample_timeout) as timeout:
-                    outcome = await self._call(index, send, started)
-                if timeout.cancelled_caught:
-                    outcome = TimeoutError(f"sample timed out after {self._sample_timeout} s")
-        except Exception as error:  # a failing sampler is data for the run, never a crash
-            outcome = error
-        send.send_nowait((index, outcome, anyio.current_time() - started, True))
-
-    async def _call(self, index: int, send: MemoryObjectSendStream[_Outcome], started: float) -> object:
-        call = self._sampler()
-        if isinstance(call, AsyncIterator):
-            # A stream of partial answers (probes of one chain of thought): each is recorded and
-            # judged as it comes; stopping the run cancels the stream.
-            async with _closing(call):
-                async for item in call:
-                    send.send_nowait((index, item, anyio.current_time() - started, False))
-            return END_OF_STREAM
-        return await call
+            samplers.start_soon(
+                sample_once, self._sampler, index, send, self._sample_timeout, name=f"budgetctl sample {index}"
+            )
 
     def _finish(self, reason: StopReason, now: float) -> None:
         n_cancelled = self._core.cancel_in_flight()
@@ -353,6 +325,46 @@ class Run:
             },
             "meta": self._meta,
         }
+
+
+async def sample_once(
+    sampler: Sampler, index: int, send: MemoryObjectSendStream[_Outcome], sample_timeout: float | None
+) -> None:
+    """Call ``sampler`` once and send what it gave as ``(index, outcome, latency, final)`` to ``send``.
+
+    The one way budgetctl calls a sampler, for a run and for the scheduler alike: the outcome is a
+    sample, a batch, or the exception the call raised (a failing sampler is data, never a crash);
+    a streaming call sends each partial answer as it comes (``final=False``), then
+    :data:`~budgetctl._core.END_OF_STREAM`. ``send`` is shared by all calls of a run: its owner
+    closes it once they have all ended.
+    """
+    started = anyio.current_time()
+    outcome: object = END_OF_STREAM
+    try:
+        if sample_timeout is None:  # no cancel scope to set up per call
+            outcome = await _call(sampler, index, send, started)
+        else:
+            # move_on_after, not fail_after: a TimeoutError the sampler raises itself (an HTTP
+            # client's) is its own error, not our sample_timeout.
+            with anyio.move_on_after(sample_timeout) as timeout:
+                outcome = await _call(sampler, index, send, started)
+            if timeout.cancelled_caught:
+                outcome = TimeoutError(f"sample timed out after {sample_timeout} s")
+    except Exception as error:  # a failing sampler is data for the run, never a crash
+        outcome = error
+    send.send_nowait((index, outcome, anyio.current_time() - started, True))
+
+
+async def _call(sampler: Sampler, index: int, send: MemoryObjectSendStream[_Outcome], started: float) -> object:
+    call = sampler()
+    if isinstance(call, AsyncIterator):
+        # A stream of partial answers (probes of one chain of thought): each is recorded and
+        # judged as it comes; stopping the run cancels the stream.
+        async with _closing(call):
+            async for item in call:
+                send.send_nowait((index, item, anyio.current_time() - started, False))
+        return END_OF_STREAM
+    return await call
 
 
 @asynccontextmanager

@@ -554,13 +554,18 @@ class Allocator:
         The request's own policy and budget decide (:meth:`RunCore.decide`); a request that may not
         take another slot and has nothing in flight stops with its budget's reason.
         """
-        core = ticket.core
-        reason = core.decide(state)
-        if reason is not None:
-            return reason
+        reason = ticket.core.decide(state)
+        return reason if reason is not None else self.resume(ticket, state)
+
+    def resume(self, ticket: Ticket, state: RunState) -> StopReason | None:
+        """The scheduler's half of :meth:`after_record`, once the request's own policy let it go on.
+
+        Puts it back in the queue at its new priority; a request that may not take another slot
+        and has nothing in flight stops with its budget's reason.
+        """
         self.requeue(ticket, state)
         if ticket.entry is None and ticket.in_flight == 0:
-            return core.limit_reason() or "budget"
+            return ticket.core.limit_reason() or "budget"
         return None
 
     def dispatch(self, now: float) -> Dispatch:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -24,9 +23,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from .._aggregate import Aggregator
 from .._budget import Budget
-from .._core import END_OF_STREAM, RunCore, check_run_args
+from .._core import RunCore, check_run_args
 from .._gain import GainModel
-from .._runtime import Sampler, _closing
+from .._runtime import Sampler, sample_once
 from .._state import Result, StopReason
 from ..policies._base import PolicyLike, as_policy
 from ._allocate import Allocator, Capacity, Ticket
@@ -60,8 +59,9 @@ class SchedulerStats:
     finished: int
     #: Slots given out so far: one scheduling decision each.
     decisions: int
-    #: Seconds the scheduler spent deciding: a returned sample's stop check and new priority, the
-    #: queue and the capacity (not starting the chosen samplers' tasks, which is the event loop's).
+    #: Seconds the scheduler spent deciding: a returned sample's new priority, the queue and the
+    #: capacity (not the request's own stop policy, which a lone run evaluates too, nor starting
+    #: the chosen samplers' tasks, which is the event loop's).
     decision_seconds: float
     #: Samples launched, tokens and dollars spent within the budget's window (or ever, without one).
     window_samples: int
@@ -307,9 +307,11 @@ class Scheduler:
                         state = core.record(outcome, latency, now - started, final=final)
                         spent, paid = core.tokens - tokens, core.dollars - dollars
                         if final:
+                            reason = core.decide(state)  # the request's own policy, as in solve()
                             clock = time.perf_counter_ns()
                             self._allocator.returned(ticket, now, latency, spent, paid)
-                            reason = self._allocator.after_record(ticket, state)
+                            if reason is None:
+                                reason = self._allocator.resume(ticket, state)
                             self._decision_ns += time.perf_counter_ns() - clock
                             if reason is None:  # else its release below gives out the slot
                                 self._dispatch()
@@ -356,8 +358,9 @@ class Scheduler:
         for ticket in decided.launched:
             request = ticket.handle
             assert isinstance(request, _Request) and request.task_group is not None
+            assert request.send is not None
             request.task_group.start_soon(
-                _sample_once, request.sampler, ticket.core.n_launched - 1, request.send, request.sample_timeout
+                sample_once, request.sampler, ticket.core.n_launched - 1, request.send, request.sample_timeout
             )
         for ticket in decided.starved:
             self._notify(ticket)
@@ -378,34 +381,3 @@ class Scheduler:
         self._allocator.remove(ticket, anyio.current_time())
         if not self._closed:
             self._dispatch()
-
-
-async def _sample_once(
-    sampler: Sampler, index: int, send: MemoryObjectSendStream[Any] | None, sample_timeout: float | None
-) -> None:
-    # One sampler call, its outcome (a sample, a batch, an exception) sent to the request's stream;
-    # a streaming call sends each partial answer as it comes. As the runtime's calls do.
-    assert send is not None
-    started = anyio.current_time()
-    outcome: object = END_OF_STREAM
-    try:
-        if sample_timeout is None:
-            outcome = await _call(sampler, index, send, started)
-        else:
-            with anyio.move_on_after(sample_timeout) as timeout:
-                outcome = await _call(sampler, index, send, started)
-            if timeout.cancelled_caught:
-                outcome = TimeoutError(f"sample timed out after {sample_timeout} s")
-    except Exception as error:  # a failing sampler is data for the request, never a crash
-        outcome = error
-    send.send_nowait((index, outcome, anyio.current_time() - started, True))
-
-
-async def _call(sampler: Sampler, index: int, send: MemoryObjectSendStream[Any], started: float) -> object:
-    call = sampler()
-    if isinstance(call, AsyncIterator):
-        async with _closing(call):
-            async for item in call:
-                send.send_nowait((index, item, anyio.current_time() - started, False))
-        return END_OF_STREAM
-    return await call

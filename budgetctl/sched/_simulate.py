@@ -336,51 +336,56 @@ def _uniform(majority: np.ndarray, k: float) -> np.ndarray:
     return result
 
 
-def _oracle(majority: np.ndarray, order_rows: list[list[list[int]]], budget_per_question: float) -> np.ndarray:
-    """Correctness (questions x orders) of the best allocation of the batch's total knowing the outcomes.
+def _oracle(
+    majority: np.ndarray, order_rows: list[list[list[int]]], budget_per_question: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Correctness and samples (questions x orders) of the best allocation of each batch's total, knowing the outcomes.
 
     Every question gets one sample; the rest goes to questions by how few extra samples make their
     running majority right, cheapest first (optimal for a count of right answers).
     """
     n_q, n_orders, n = majority.shape
     correct = np.zeros((n_q, n_orders))
+    used = np.ones((n_q, n_orders))
     any_right = majority.any(axis=2)
     first_right = np.where(any_right, np.argmax(majority, axis=2), n)  # extra samples beyond the first
     for o in range(n_orders):
         for batch in order_rows[o]:
             members = np.asarray(batch)
             spare = math.floor(budget_per_question * len(members) + 1e-9) - len(members)
-            extra = first_right[members, o]
-            ranked = members[np.argsort(extra, kind="stable")]
+            ranked = members[np.argsort(first_right[members, o], kind="stable")]
             for q in ranked:
                 need = first_right[q, o]
                 if need >= n or need > spare:
                     break
                 spare -= need
                 correct[q, o] = 1.0
-    return correct
+                used[q, o] += need
+    return correct, used
 
 
-def _hull_at(points: list[tuple[float, float, str]], x: float) -> tuple[float, str]:
-    """The best accuracy reachable at mean cost ``x`` by mixing two of ``points`` (cost, accuracy, name)."""
-    best = -1.0
-    detail = ""
-    for c1, a1, n1 in points:
+def _best_mix(costs: Sequence[float], accuracies: Sequence[float], x: float) -> tuple[int, int, float]:
+    """The two points (and the weight of the second) whose mix costs ``x`` on average and is most accurate.
+
+    A request may follow setting ``i`` with probability ``1 - w`` and ``j`` with ``w``; a point that
+    costs exactly ``x`` is its own mix (``i == j``). When every point costs more, the cheapest alone.
+    """
+    best, choice = -1.0, (-1, -1, 0.0)
+    for i, (c1, a1) in enumerate(zip(costs, accuracies, strict=True)):
         if c1 > x + 1e-9:
             continue
         if abs(c1 - x) <= 1e-9 and a1 > best:
-            best, detail = a1, n1
-        for c2, a2, n2 in points:
-            if c2 <= x + 1e-9 or c2 == c1:
+            best, choice = a1, (i, i, 0.0)
+        for j, (c2, a2) in enumerate(zip(costs, accuracies, strict=True)):
+            if c2 <= x + 1e-9:
                 continue
             w = (x - c1) / (c2 - c1)
-            value = (1 - w) * a1 + w * a2
-            if value > best:
-                best, detail = value, f"{1 - w:.0%} {n1} + {w:.0%} {n2}"
-    if best < 0:  # every point costs more than x: the cheapest
-        c, a, name = min(points)
-        return a, f"{name} (uses {c:.2f} samples: none of the grid is that cheap)"
-    return best, detail
+            if (1 - w) * a1 + w * a2 > best:
+                best, choice = (1 - w) * a1 + w * a2, (i, j, w)
+    if choice[0] < 0:
+        cheapest = min(range(len(costs)), key=costs.__getitem__)
+        return cheapest, cheapest, 0.0
+    return choice
 
 
 # -- the entry point --------------------------------------------------------------------------------
@@ -620,27 +625,36 @@ def _simulate_dataset(
                 ac_stop[p, i, o] = state.n_samples + state.n_failed
     q_index = np.arange(n_q)[:, None]
     o_index = np.arange(orders)[None, :]
-    points = []
+    settings: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, correct, samples used), each (Q, O)
     for p, threshold in enumerate(AC_THRESHOLDS):
         for cap in range(1, pool_size + 1):
             used = np.minimum(ac_stop[p], cap)
-            right = majority[q_index, o_index, used - 1]
-            points.append((float(used.mean()), float(right.mean()), f"AC({threshold})|max {cap}"))
-    accuracy, detail = _hull_at(points, min(k, float(pool_size)))
+            settings.append((f"AC({threshold}) | MaxSamples({cap})", majority[q_index, o_index, used - 1], used))
+    budget = min(k, float(pool_size))
+    i, j, w = _best_mix([float(u.mean()) for _, _, u in settings], [float(c.mean()) for _, c, _ in settings], budget)
+    (name_i, right_i, used_i), (name_j, right_j, used_j) = settings[i], settings[j]
+    mixed = (1 - w) * right_i + w * right_j
+    mixed_samples = (1 - w) * used_i.mean() + w * used_j.mean()
+    low, high = band(mixed)
+    detail = name_i if i == j else f"{1 - w:.0%} {name_i} + {w:.0%} {name_j}"
+    if mixed_samples > budget + 1e-9:
+        detail += " (no setting is that cheap)"
+    spent_i = cum_tokens[q_index, o_index, used_i - 1]
+    spent_j = cum_tokens[q_index, o_index, used_j - 1]
     rows.append(
         SharedRow(
             name="independent: Adaptive-Consistency",
             kind="independent",
-            accuracy=accuracy,
-            ci_low=math.nan,
-            ci_high=math.nan,
-            mean_samples=min(k, float(pool_size)),
-            mean_tokens=None,
-            detail=f"best mix at the same mean samples, tuned on this pool: {detail}",
+            accuracy=float(mixed.mean()),
+            ci_low=low,
+            ci_high=high,
+            mean_samples=float(mixed_samples),
+            mean_tokens=float(((1 - w) * spent_i + w * spent_j).mean()) if tokens_known else None,
+            detail=f"each question stops on its own; best mix of settings at this mean, tuned on this pool: {detail}",
         )
     )
 
-    oracle = _oracle(majority, batches, k)
+    oracle, oracle_samples = _oracle(majority, batches, k)
     low, high = band(oracle)
     rows.append(
         SharedRow(
@@ -649,7 +663,7 @@ def _simulate_dataset(
             accuracy=float(oracle.mean()),
             ci_low=low,
             ci_high=high,
-            mean_samples=min(k, float(pool_size)),
+            mean_samples=float(oracle_samples.mean()),
             mean_tokens=None,
             detail="knows after how many samples each question's running majority is right",
         )
