@@ -191,6 +191,12 @@ def test_results_are_json_and_a_table(pool_file: Path) -> None:
     assert "toy: 12 questions x 6 samples" in text and "shared: vote" in text and "oracle allocation" in text
 
 
+def test_worker_processes_change_nothing(pool_file: Path) -> None:
+    alone = simulate_shared_budget(pool_file, budget_per_question=2.5, orders=5, jobs=1)
+    parallel = simulate_shared_budget(pool_file, budget_per_question=2.5, orders=5, jobs=2)
+    assert [r.to_dict() for r in alone.datasets[0].rows] == [r.to_dict() for r in parallel.datasets[0].rows]
+
+
 def test_batches_share_their_own_budget(pool_file: Path) -> None:
     # Batches of one question: each gets exactly its share, so sharing is uniform allocation.
     result = simulate_shared_budget(pool_file, budget_per_question=3, orders=6, batch=1, gains=[VoteGain()])
@@ -206,6 +212,7 @@ def test_batches_share_their_own_budget(pool_file: Path) -> None:
         ({"slots": 0}, ValueError, "slots"),
         ({"orders": 0}, ValueError, "orders"),
         ({"batch": 0}, ValueError, "batch"),
+        ({"jobs": 0}, ValueError, "jobs"),
         ({"deadline": 1.0}, ValueError, "latency"),
         ({"gains": [object()]}, TypeError, "GainModel"),
         ({"gains": []}, ValueError, "gain"),

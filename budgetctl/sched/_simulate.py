@@ -22,8 +22,10 @@ import heapq
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
@@ -388,6 +390,70 @@ def _best_mix(costs: Sequence[float], accuracies: Sequence[float], x: float) -> 
     return choice
 
 
+# -- running the scheduler over many orders (in worker processes when asked) --------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    gain_index: int
+    orders: list[int]
+    questions: list[Question]
+    pools: list[list[Sample]]
+    #: draws[k][i]: the draw order of question i in the k-th of ``orders``.
+    draws: list[list[np.ndarray]]
+    #: batches[k]: the batches (question indices, in arrival order) of the k-th of ``orders``.
+    batches: list[list[list[int]]]
+    gain: GainModel
+    slots: int
+    budget_per_question: float
+    policy: StopPolicy
+    aggregator: Aggregator | None
+    deadline: float | None
+    lookahead: int
+
+
+def _run_job(job: _Job) -> tuple[int, list[int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    n_q = len(job.questions)
+    shape = (n_q, len(job.orders))
+    correct, samples, tokens = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    reasons = np.zeros(shape, dtype=np.int8)
+    reason_index = {r: i for i, r in enumerate(STOP_REASONS)}
+    for k in range(len(job.orders)):
+        for members in job.batches[k]:
+            ended = run_batch(
+                [job.pools[i] for i in members],
+                [job.draws[k][i] for i in members],
+                gain=job.gain,
+                slots=job.slots,
+                total_samples=math.floor(job.budget_per_question * len(members) + 1e-9),
+                policy=job.policy,
+                aggregator=job.aggregator,
+                deadline=job.deadline,
+                lookahead=job.lookahead,
+            )
+            for i, (state, reason) in zip(members, ended, strict=True):
+                correct[i, k] = job.questions[i].is_correct(state.answer)
+                samples[i, k] = state.n_samples + state.n_failed
+                tokens[i, k] = state.tokens
+                reasons[i, k] = reason_index[reason]
+    return job.gain_index, job.orders, (correct, samples, tokens, reasons)
+
+
+def _chunks(orders: int, jobs: int) -> list[list[int]]:
+    parts = max(1, min(orders, jobs * 4 if jobs > 1 else 1))
+    return [list(range(orders))[i::parts] for i in range(parts)]
+
+
+def _run_jobs(
+    jobs_list: list[_Job], jobs: int
+) -> Iterator[tuple[int, list[int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]:
+    if jobs <= 1 or len(jobs_list) == 1:
+        yield from map(_run_job, jobs_list)
+        return
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as executor:
+        yield from executor.map(_run_job, jobs_list)
+
+
 # -- the entry point --------------------------------------------------------------------------------
 
 
@@ -434,6 +500,7 @@ def simulate_shared_budget(
     lookahead: int = 3,
     datasets: Iterable[str] | None = None,
     skip_bad: bool = False,
+    jobs: int | None = 1,
 ) -> SharedBudgetResult:
     """Replay a pool through the scheduler with a shared budget, beside uniform, independent and oracle allocations.
 
@@ -456,6 +523,8 @@ def simulate_shared_budget(
         lookahead: horizons the scheduler looks at for the best gain per token.
         datasets: keep only these datasets.
         skip_bad: skip malformed pool lines instead of failing.
+        jobs: worker processes for the scheduler's runs (``None``: one per CPU); the figures do not
+            depend on it.
     """
     started = time.perf_counter()
     slots = _check_positive_int("slots", slots)
@@ -463,6 +532,7 @@ def simulate_shared_budget(
     lookahead = _check_positive_int("lookahead", lookahead)
     if batch is not None:
         batch = _check_positive_int("batch", batch)
+    workers = (os.cpu_count() or 1) if jobs is None else _check_positive_int("jobs", jobs)
     if isinstance(budget_per_question, bool) or not isinstance(budget_per_question, int | float):
         raise TypeError(f"budget_per_question must be a number, got {budget_per_question!r}")
     if not (math.isfinite(budget_per_question) and budget_per_question >= 1):
@@ -494,6 +564,7 @@ def simulate_shared_budget(
                 latency=model,
                 deadline=deadline,
                 lookahead=lookahead,
+                jobs=workers,
             )
         )
     return SharedBudgetResult(
@@ -527,6 +598,7 @@ def _simulate_dataset(
     latency: LatencyModel,
     deadline: float | None,
     lookahead: int,
+    jobs: int,
 ) -> SharedDatasetResult:
     n_q = len(questions)
     tokens_known = all(q.tokens_known for q in questions)
@@ -541,42 +613,45 @@ def _simulate_dataset(
         low, high = np.percentile(per_order, [2.5, 97.5])
         return float(low), float(high)
 
-    # Shared budget, one row per gain model.
-    for name, gain in named:
-        correct = np.zeros((n_q, orders))
-        samples = np.zeros((n_q, orders))
-        tokens = np.zeros((n_q, orders))
-        reasons = np.zeros((n_q, orders), dtype=np.int8)
-        reason_index = {r: i for i, r in enumerate(STOP_REASONS)}
-        for o in range(orders):
-            for members in batches[o]:
-                ended = run_batch(
-                    [stamped[i] for i in members],
-                    [all_orders[i][o] for i in members],
-                    gain=gain,
-                    slots=slots,
-                    total_samples=math.floor(budget_per_question * len(members) + 1e-9),
-                    policy=policy,
-                    aggregator=aggregator,
-                    deadline=deadline,
-                    lookahead=lookahead,
-                )
-                for i, (state, reason) in zip(members, ended, strict=True):
-                    correct[i, o] = questions[i].is_correct(state.answer)
-                    samples[i, o] = state.n_samples + state.n_failed
-                    tokens[i, o] = state.tokens
-                    reasons[i, o] = reason_index[reason]
-        low, high = band(correct)
-        shares = {r: float((reasons == i).mean()) for i, r in enumerate(STOP_REASONS)}
+    # Shared budget, one row per gain model; the orders are independent, so they can run in parallel.
+    jobs_list = [
+        _Job(
+            gain_index=g,
+            orders=chunk,
+            questions=questions,
+            pools=stamped,
+            draws=[[draws[o] for draws in all_orders] for o in chunk],
+            batches=[batches[o] for o in chunk],
+            gain=gain,
+            slots=slots,
+            budget_per_question=budget_per_question,
+            policy=policy,
+            aggregator=aggregator,
+            deadline=deadline,
+            lookahead=lookahead,
+        )
+        for g, (_, gain) in enumerate(named)
+        for chunk in _chunks(orders, jobs)
+    ]
+    shape = (len(named), n_q, orders)
+    correct = np.zeros(shape)
+    samples = np.zeros(shape)
+    tokens = np.zeros(shape)
+    reasons = np.zeros(shape, dtype=np.int8)
+    for g, chunk, outcome in _run_jobs(jobs_list, jobs):
+        correct[g][:, chunk], samples[g][:, chunk], tokens[g][:, chunk], reasons[g][:, chunk] = outcome
+    for g, (name, _) in enumerate(named):
+        low, high = band(correct[g])
+        shares = {r: float((reasons[g] == i).mean()) for i, r in enumerate(STOP_REASONS)}
         rows.append(
             SharedRow(
                 name=f"shared: {name}",
                 kind="shared",
-                accuracy=float(correct.mean()),
+                accuracy=float(correct[g].mean()),
                 ci_low=low,
                 ci_high=high,
-                mean_samples=float(samples.mean()),
-                mean_tokens=float(tokens.mean()) if tokens_known else None,
+                mean_samples=float(samples[g].mean()),
+                mean_tokens=float(tokens[g].mean()) if tokens_known else None,
                 stop_reasons={k: v for k, v in shares.items() if v > 0},
             )
         )
