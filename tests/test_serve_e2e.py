@@ -79,9 +79,8 @@ def running(pool_file: Path) -> Iterator[RunningServer]:
         yield handle
 
 
-@pytest.fixture
-def live(running: RunningServer) -> RunningServer:
-    """The module's server with fresh decks and zeroed stats, once the previous test's requests have died down."""
+def _settle_and_reset(running: RunningServer) -> None:
+    """Wait until the server has finished with earlier requests, then give it fresh decks and zeroed stats."""
     limit = time.monotonic() + 3.0
     seen = None
     while time.monotonic() < limit:
@@ -91,6 +90,12 @@ def live(running: RunningServer) -> RunningServer:
         seen = now
         time.sleep(0.05)
     running.server.reset(seed=0)
+
+
+@pytest.fixture
+def live(running: RunningServer) -> RunningServer:
+    """The module's server with fresh decks and zeroed stats, once the previous test's requests have died down."""
+    _settle_and_reset(running)
     return running
 
 
@@ -102,8 +107,12 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def client(live: RunningServer) -> AsyncIterator[Any]:
+    """An openai client whose first (slow: ~80 ms of model building) chat call is already made."""
     async with openai.AsyncOpenAI(base_url=live.base_url, api_key="test", max_retries=0) as made:
-        await made.models.list()  # open a connection before anything is timed
+        await made.models.list()
+        await made.chat.completions.create(model="replay", messages=[{"role": "user", "content": EASY}])
+        await made.completions.create(model="replay", prompt=EASY)
+        await anyio.to_thread.run_sync(_settle_and_reset, live)
         yield made
 
 
@@ -117,14 +126,21 @@ async def eventually(condition: Callable[[], bool], within: float = 5.0) -> bool
 
 
 # -- deadlines and cancellation ----------------------------------------------------------------------------
-async def test_100ms_deadline_returns_the_best_so_far_and_cancels_requests(live: RunningServer, client: Any) -> None:
+@pytest.mark.parametrize("deadline", [0.1, 1.0])
+async def test_a_deadline_returns_the_best_so_far_and_cancels_requests(
+    live: RunningServer, client: Any, deadline: float
+) -> None:
     stats = live.server.stats
     start = time.monotonic()
-    result = await bc.solve(openai_chat(client, "replay", DEADLINE), deadline=0.1, concurrency=4)
+    result = await bc.solve(openai_chat(client, "replay", DEADLINE), deadline=deadline, concurrency=4)
     wall = time.monotonic() - start
     assert result.stop_reason == "deadline"
-    assert wall < 0.1 + SLACK_S, f"took {wall:.2f} s: the 3 s replies were waited for, not cancelled"
-    assert result.answer == 7 and result.n_samples >= 1
+    assert wall < deadline + SLACK_S, f"took {wall:.2f} s: the 3 s replies were waited for, not cancelled"
+    # The best so far: the majority of what came back (all "7"), or the fallback if nothing did,
+    # which a loaded machine may cause at 100 ms; at 1 s short replies (~15 ms) always come back.
+    assert result.answer == (7 if result.n_samples else None)
+    if deadline >= 1.0:
+        assert result.n_samples >= 1
     assert result.n_cancelled >= 1
     # The client is still open: only the cancellation itself can have closed those requests, and the
     # server must notice well before the 3 s replies would have ended.
