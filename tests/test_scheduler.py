@@ -233,6 +233,33 @@ def test_admission_control_answers_at_once_when_the_first_sample_would_come_afte
     assert (stats.rejected, stats.admitted, stats.finished) == (1, 4, 5)
 
 
+def test_admission_counts_only_the_requests_due_before_it() -> None:
+    # Floor samples go earliest deadline first: an urgent request arriving behind many relaxed ones
+    # is admitted (it will be served first); one that would still wait past its deadline is not.
+    log: Log = []
+    out: dict[str, Result] = {}
+
+    async def main() -> None:
+        async with Scheduler(slots=1, policy=MaxSamples(1)) as sched:
+            await sched.solve(sampler("warm", log, latency=1.0))
+
+            def request(name: str, deadline: float) -> Callable[[], Awaitable[None]]:
+                async def run() -> None:
+                    out[name] = await sched.solve(sampler(name, log), deadline=deadline, fallback="busy")
+
+                return run
+
+            relaxed = [request(f"r{i}", 8.0) for i in range(6)]
+            async with anyio.create_task_group() as tg:
+                await arrive(tg, [*relaxed, request("urgent", 2.5), request("too late", 0.5)])
+
+    run_virtual(main)
+    assert (out["urgent"].answer, out["urgent"].stop_reason) == ("x", "policy")
+    assert names(log)[:3] == ["warm", "r0", "urgent"]  # r0 took the idle slot on arrival
+    assert (out["too late"].stop_reason, out["too late"].n_samples) == ("budget", 0)
+    assert names(log)[3:] == [f"r{i}" for i in range(1, 6)]
+
+
 def test_a_spent_shared_budget_ends_waiting_requests_with_their_best_and_turns_new_ones_away() -> None:
     log: Log = []
     out: dict[str, Result] = {}

@@ -184,8 +184,9 @@ class AllocatorMachine(RuleBasedStateMachine):
         for ticket in queued:
             assert ticket.active and ticket.in_flight < ticket.concurrency
             assert ticket.handle not in self.results
-        floor = sum(1 for t in self.tickets.values() if t.active and t.floor)
-        assert self.allocator.waiting_floor == floor
+        floor = sorted(-t.deadline_at for t in self.tickets.values() if t.active and t.floor)
+        assert self.allocator.waiting_floor == len(floor)
+        assert self.allocator._floor_deadlines == floor
 
     @invariant()
     def the_budget_is_never_overspent(self) -> None:

@@ -15,6 +15,7 @@ The order of the queue, best first:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import deque
@@ -378,9 +379,6 @@ class Capacity:
         budget = self.budget
         if budget is None:
             return True
-        self._expire(now)
-        if budget.samples is not None and self._samples + reserved + 1 > budget.samples:
-            return False
         return self._budget_block(now, reserved, per_sample) != "budget"
 
 
@@ -405,6 +403,7 @@ class Allocator:
         "_starved_until",
         "_late",
         "_blocked_predicted",
+        "_floor_deadlines",
         "n_decisions",
     )
 
@@ -424,21 +423,30 @@ class Allocator:
         #: Tickets queued (with nothing in flight) since that sweep.
         self._late: list[Ticket] = []
         self._blocked_predicted = 0.0
+        #: Minus the deadlines of the requests waiting for their floor sample, ascending: the
+        #: earliest deadline last (floor samples go earliest deadline first).
+        self._floor_deadlines: list[float] = []
         #: Slots given so far (one decision each).
         self.n_decisions = 0
 
     # -- admission -----------------------------------------------------------------------------------
-    def expected_wait(self, now: float) -> float:
-        """Seconds a request admitted now would wait for its first sample to start (0 when unknown)."""
+    def expected_wait(self, now: float, deadline_at: float = _INF) -> float:
+        """Seconds a request admitted now, due at ``deadline_at``, would wait for its first sample (0: unknown).
+
+        Floor samples go earliest deadline first, so the requests ahead of it are those waiting for
+        theirs with a deadline no later than its own; slots free at ``slots`` per mean latency, and
+        with a token rate, the bucket must refill for all of them.
+        """
         capacity = self.capacity
-        ahead = self.waiting_floor + 1 - max(capacity.slots - capacity.in_use, 0)
+        queued = len(self._floor_deadlines) - bisect.bisect_left(self._floor_deadlines, -deadline_at)
+        ahead = queued + 1 - max(capacity.slots - capacity.in_use, 0)
         wait = 0.0
         if ahead > 0 and self.latency is not None:
             wait = ahead * self.latency / capacity.slots
         rate = capacity.tokens_per_second
         if rate is not None:
             capacity._refill(now)
-            need = (self.waiting_floor + 1) * self.per_sample - max(capacity._level, 0.0)
+            need = (queued + 1) * self.per_sample - max(capacity._level, 0.0)
             wait = max(wait, need / rate)
         return wait
 
@@ -450,15 +458,28 @@ class Allocator:
         """
         if not self.capacity.admits_floor(now, reserved=self.waiting_floor, per_sample=self.per_sample):
             return False
-        if ticket.deadline_at < _INF and now + self.expected_wait(now) >= ticket.deadline_at:
+        deadline_at = ticket.deadline_at
+        if deadline_at < _INF and now + self.expected_wait(now, deadline_at) >= deadline_at:
             return False
         ticket.arrival = self._arrivals
         self._arrivals += 1
         ticket.active = True
         ticket.floor = True
         self.waiting_floor += 1
+        bisect.insort(self._floor_deadlines, -deadline_at)
         self.queue.push(ticket, 0.0)
         return True
+
+    def _floor_served(self, ticket: Ticket) -> None:
+        # Its floor reservation ends (first sample launched, or the request ended without one).
+        ticket.floor = False
+        self.waiting_floor -= 1
+        deadlines = self._floor_deadlines
+        key = -ticket.deadline_at
+        if deadlines and deadlines[-1] == key:  # the usual case: the earliest deadline goes first
+            deadlines.pop()
+        else:
+            del deadlines[bisect.bisect_left(deadlines, key)]
 
     # -- decisions -----------------------------------------------------------------------------------
     def next_launch(self, now: float) -> Ticket | Block | None:
@@ -488,8 +509,7 @@ class Allocator:
             queue.pop()
             self.n_decisions += 1
             if ticket.floor:
-                ticket.floor = False
-                self.waiting_floor -= 1
+                self._floor_served(ticket)
             ticket.in_flight += 1
             ticket.predicted += predicted
             capacity.launched(now, predicted)
@@ -536,8 +556,7 @@ class Allocator:
         ticket.active = False
         self.queue.remove(ticket)
         if ticket.floor:
-            ticket.floor = False
-            self.waiting_floor -= 1
+            self._floor_served(ticket)
         held = ticket.in_flight
         capacity = self.capacity
         while ticket.in_flight:

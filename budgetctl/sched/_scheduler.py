@@ -36,6 +36,7 @@ __all__ = ["Scheduler", "SchedulerStats"]
 _INF = math.inf
 #: What the scheduler sends a request the budget can no longer serve.
 _STARVED = object()
+_NOTHING = object()
 _DEFAULT_GAIN = LookaheadGain()
 
 
@@ -292,9 +293,11 @@ class Scheduler:
                 try:
                     self._dispatch()
                     while reason is None:
-                        try:
+                        try:  # outcomes already waiting are taken without a trip through the event loop
                             item = receive.receive_nowait()
                         except anyio.WouldBlock:
+                            item = _NOTHING
+                        if item is _NOTHING:  # waited for outside the except block: no exception kept alive
                             item = await receive.receive()
                         now = anyio.current_time()
                         if item is _STARVED:  # the budget cannot serve it, or the scheduler closed
