@@ -208,7 +208,7 @@ class Scheduler:
                 await anyio.sleep_forever()
             self._timer_scope = None
             self._wake_at = _INF
-            self._dispatch()
+            self._dispatch(anyio.current_time())
 
     # -- what callers use ----------------------------------------------------------------------------
     async def solve(
@@ -291,7 +291,7 @@ class Scheduler:
                 request.task_group = samplers
                 request.send = send
                 try:
-                    self._dispatch()
+                    self._dispatch(started)
                     while reason is None:
                         try:  # outcomes already waiting are taken without a trip through the event loop
                             item = receive.receive_nowait()
@@ -317,7 +317,7 @@ class Scheduler:
                                 reason = self._allocator.resume(ticket, state)
                             self._decision_ns += time.perf_counter_ns() - clock
                             if reason is None:  # else its release below gives out the slot
-                                self._dispatch()
+                                self._dispatch(now)
                         else:  # a partial answer of a streaming call: judged, its slot still held
                             self._allocator.capacity.charge(now, spent, paid)
                             reason = core.decide(state)
@@ -354,9 +354,9 @@ class Scheduler:
         )
 
     # -- the allocator's side ------------------------------------------------------------------------
-    def _dispatch(self) -> None:
+    def _dispatch(self, now: float) -> None:
         started = time.perf_counter_ns()
-        decided = self._allocator.dispatch(anyio.current_time())
+        decided = self._allocator.dispatch(now)
         self._decision_ns += time.perf_counter_ns() - started
         for ticket in decided.launched:
             request = ticket.handle
@@ -380,7 +380,8 @@ class Scheduler:
 
     def _release(self, ticket: Ticket) -> None:
         # Its slots (and its floor reservation) go back at once, and to whoever is next.
+        now = anyio.current_time()
         self._running.discard(ticket)
-        self._allocator.remove(ticket, anyio.current_time())
+        self._allocator.remove(ticket, now)
         if not self._closed:
-            self._dispatch()
+            self._dispatch(now)
