@@ -21,15 +21,13 @@ from budgetctl.sim import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "traces"
+#: The rule policies named in the simulator's policy specs (fixed, ac, esc, stable, confidence).
 POLICIES = [
     "fixed:n=40",
-    "max-tokens:n=2000",
     "ac:threshold=0.95",
-    "ac:threshold=0.95,criterion=dirichlet",
     "esc:window=5",
     "stable:k=3",
     "confidence:threshold=0.9",
-    "unbeatable:max_samples=40",
 ]
 
 
