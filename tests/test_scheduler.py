@@ -453,6 +453,13 @@ def test_leaving_the_block_ends_running_requests_with_their_best() -> None:
     assert (out["endless"].answer, out["endless"].stop_reason, out["endless"].n_samples) == ("x", "budget", 2)
 
 
+@pytest.mark.anyio
+async def test_an_exception_in_the_block_propagates_as_itself() -> None:
+    with pytest.raises(ValueError, match="boom"):
+        async with Scheduler(slots=1):
+            raise ValueError("boom")
+
+
 def test_the_scheduler_keeps_nothing_of_a_finished_request() -> None:
     class Model:
         async def __call__(self) -> Sample:

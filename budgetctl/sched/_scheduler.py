@@ -107,9 +107,9 @@ class Scheduler:
     first sample past its deadline, or that arrives when the budget has no room for it, is
     answered at once with its ``fallback`` and stop reason ``budget`` (admission control).
 
-    Gains come from the request's ``gain``, else its policy when the policy is a
-    :class:`~budgetctl.GainModel` (a learned policy), else the scheduler's ``gain``, else
-    :class:`~budgetctl.sched.LookaheadGain`.
+    Gains come from the request's ``gain``, else its policy when the policy is a gain model too
+    (``predict_gain`` and ``predict_tokens``, as a learned policy has), else the scheduler's
+    ``gain``, else :class:`~budgetctl.sched.LookaheadGain`.
 
     Args:
         slots: samples in flight at once, over all requests.
@@ -123,8 +123,9 @@ class Scheduler:
             budget or deadline, or when the sampler is exhausted).
         gain: the gain model of requests whose policy is not one.
         lookahead: horizons (in samples) over which the best gain per token is looked for.
-        aggregator, sample_timeout, max_failures: defaults for :meth:`solve`, as in
-            :func:`~budgetctl.solve`.
+        aggregator: how samples become an answer, for requests that bring none (default majority vote).
+        sample_timeout: seconds after which one sampler call is abandoned and recorded as failed.
+        max_failures: failed samples a request tolerates before it stops with ``stop_reason="error"``.
     """
 
     def __init__(
@@ -198,7 +199,14 @@ class Scheduler:
         for ticket in list(self._running):
             self._notify(ticket)
         self._task_group.cancel_scope.cancel()
-        return await self._task_group.__aexit__(exc_type, exc, tb)
+        try:
+            return await self._task_group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The block's own exception comes back wrapped by the task group (the timer never
+            # raises): let it propagate as itself, so ``except ValueError`` around the block works.
+            if exc is not None and all(e is exc for e in group.exceptions):
+                return None
+            raise
 
     async def _timer(self) -> None:
         # Wakes the allocator when the token rate or the budget's window lets samples start again.
