@@ -311,7 +311,18 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="comma-separated datasets to hold out (default: all)")
     parser.add_argument("--json", default=None, help="write every figure and frontier point as JSON here")
     parser.add_argument("--write", action="store_true", help="write the results into docs/benchmarks.md")
+    parser.add_argument(
+        "--from-json", default=None, help="render (and --write) the results a previous run saved with --json"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        text = render(saved, args, sum(f["seconds"] for folds in saved.values() for f in folds))
+        print(text)
+        if args.write:
+            write_part(text)
+            print(f"wrote {PART!r} in {SECTION!r} of {DOC.relative_to(ROOT)}")
+        return 0
     missing = [name for name in FILES if not (TRACES / name).exists()]
     if missing:
         print(f"missing pools in {TRACES}: {missing}", file=sys.stderr)

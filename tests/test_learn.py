@@ -413,6 +413,13 @@ def test_policy_composes_pickles_and_solves(fitted_gbm: LearnedStop, pool: Pool)
     assert result.n_samples == stops[1].state.n_samples
 
 
+def test_simulation_in_worker_processes_decides_the_same(fitted_gbm: LearnedStop, pool: Pool) -> None:
+    some = Pool(questions=pool.questions[:10], files=[])
+    alone = simulate(some, [fitted_gbm], orders=3, jobs=1).overall.rows[0]
+    workers = simulate(some, [fitted_gbm], orders=3, jobs=2).overall.rows[0]
+    assert (alone.accuracy, alone.mean_samples) == (workers.accuracy, workers.mean_samples)
+
+
 # -- artifacts ---------------------------------------------------------------------------------------------
 
 

@@ -67,8 +67,10 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
 
     Args:
         value: accuracy per 1,000 tokens below which more samples are not worth it, or ``"auto"``.
-        model: ``"gbm"`` (scikit-learn histogram gradient boosting), ``"linear"`` (ridge) or
-            ``"mlp"`` (torch, needs ``budgetctl[torch]``).
+        model: ``"gbm"`` (scikit-learn histogram gradient boosting), ``"linear"`` (scikit-learn
+            Poisson GLM and ridge) or ``"mlp"`` (torch, needs ``budgetctl[torch]`` to fit, not to
+            decide). Each learns, per horizon, the probability that correctness changes (log link)
+            and the direction of the change; the gain is their product.
         horizons: the horizons predicted (increasing; 1, 2, 4, … up to what pools allow).
         max_loss: with ``value="auto"``, the accuracy a training dataset may lose (0.001 = 0.1 point).
         orders: random draw orders per question that carry features.
@@ -77,16 +79,13 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
         calibrate: map raw predictions through isotonic regression fitted out of fold.
         default_tokens: tokens a sample is charged when the run reports none; ``None``: the
             training pools' mean tokens per sample.
-        alpha: ridge penalty (``model="linear"``).
+        alpha: L2 penalty of the linear models (``model="linear"``).
         max_iter, max_depth, learning_rate: boosting rounds, tree depth and shrinkage (``"gbm"``).
         hidden, epochs: hidden units per layer and training epochs (``"mlp"``).
         max_rows: rows per horizon a gradient-boosting fit samples (per fit, for ``"mlp"`` x4).
         random_state: seeds the draw orders, the folds and the models.
         n_jobs: worker processes that replay the pools (``None``: one per CPU).
     """
-
-    #: What a policy spec may set (``learned:path=...,value=0.02``).
-    spec_parameters = ("path", "value", "default_tokens")
 
     def __init__(
         self,
