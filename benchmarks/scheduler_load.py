@@ -290,12 +290,11 @@ def render(
         f" / {mem['in_use_after']} |",
         f"| memo entries after (bounded LRU tables keyed by vote counts, shared by all requests) | {caches} |",
         "",
-        "What remains after the requests end does not grow with the requests served (wave 3 ends where"
-        " wave 2 did): hash tables sized by the peak number of requests in flight at once (anyio's task"
-        " registry, asyncio's set of tasks, the scheduler's set of running requests; a table keeps its size"
-        " after its entries are removed, and the first wave's tables are resized once during the second),"
-        " and the gain models' memo tables (bounded, keyed by vote counts). No request, task or sample"
-        " outlives its answer (a weak-reference test checks it).",
+        "What remains after a wave does not grow from wave to wave: hash tables sized by the peak number"
+        " of requests in flight at once (anyio's task registry, asyncio's set of tasks, the scheduler's set"
+        " of running requests; a table keeps its size after its entries are removed, and may be resized"
+        " when it refills), and the gain models' memo tables (bounded, keyed by vote counts). No request,"
+        " task or sample outlives its answer (a weak-reference test checks it).",
         "",
     ]
     return "\n".join(lines)
