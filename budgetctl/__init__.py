@@ -15,6 +15,8 @@ from ._aggregate import Tally as Tally
 from ._aggregate import WeightedVote as WeightedVote
 from ._aggregate import normalize_answer as normalize_answer
 from ._budget import Budget as Budget
+from ._gain import GainModel as GainModel
+from ._gain import VoteGain as VoteGain
 from ._runtime import Run as Run
 from ._runtime import Sampler as Sampler
 from ._runtime import open_run as open_run
@@ -39,6 +41,7 @@ __all__ = (
     "Budget",
     "Exhausted",
     "FirstAccepted",
+    "GainModel",
     "MajorityVote",
     "Result",
     "Run",
@@ -51,6 +54,7 @@ __all__ = (
     "TraceFormatError",
     "TraceWriter",
     "TracedRun",
+    "VoteGain",
     "WeightedVote",
     "__version__",
     "normalize_answer",

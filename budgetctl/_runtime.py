@@ -251,9 +251,12 @@ class Run:
                     # Outcomes already waiting are taken without a trip through the event loop (one
                     # per sample adds up), each still judged on its own; the wait is only when none is.
                     try:
-                        _, outcome, latency, final = receive.receive_nowait()
+                        item = receive.receive_nowait()
                     except anyio.WouldBlock:
-                        _, outcome, latency, final = await receive.receive()
+                        item = None  # wait outside the handler: no exception kept alive meanwhile
+                    if item is None:
+                        item = await receive.receive()
+                    _, outcome, latency, final = item
                     self._now = anyio.current_time() - self._t0
                     if self._now >= limit:  # past the deadline: as if it had cancelled us first
                         break
