@@ -13,7 +13,7 @@ import os
 import random
 from collections.abc import Hashable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Self, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 from .._optional import import_optional
@@ -147,7 +147,27 @@ def sample_from(
     return Sample(answer=answer, tokens=tokens, logprob=logprob, confidence=confidence, cost=cost)
 
 
-class OpenAISampler:
+class ClientOwner:
+    """The lifecycle of a sampler's HTTP client: closed by :meth:`aclose` (or ``async with``) if the sampler made it."""
+
+    _client: Any
+    _owns_client: bool
+
+    async def aclose(self) -> None:
+        """Close the HTTP client, if this sampler made it from a base URL."""
+        if self._owns_client:
+            await self._client.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class OpenAISampler(ClientOwner):
     """A sampler that sends one request per call to an OpenAI-compatible endpoint (made by :func:`openai_chat`).
 
     Each call returns one :class:`~budgetctl.Sample` (``n=1``) or a batch of ``n``. Use it as an
@@ -251,19 +271,6 @@ class OpenAISampler:
             for text, tokens, lp in zip(texts, counts, logprobs, strict=True)
         ]
         return samples[0] if self.n == 1 and len(samples) == 1 else samples
-
-    async def aclose(self) -> None:
-        """Close the HTTP client, if this sampler made it from a base URL."""
-        if self._owns_client:
-            await self._client.close()
-
-    async def __aenter__(self) -> OpenAISampler:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 def openai_chat(

@@ -12,14 +12,13 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import AsyncGenerator, Mapping
-from types import TracebackType
 from typing import Any, Literal
 
 import anyio
 
 from .._sample import Sample
 from ..extract import Extractor, default
-from ._openai import Messages, _check_messages, _usage, make_client, sample_from
+from ._openai import ClientOwner, Messages, _check_messages, _usage, make_client, sample_from
 from ._price import PriceLike, resolve_price
 from ._retry import DEFAULT_RETRY, Retry, call_with_retry
 
@@ -39,7 +38,7 @@ def settled_text(partial: str) -> str:
     return found.group(0) if found else ""
 
 
-class StreamingSampler:
+class StreamingSampler(ClientOwner):
     """A sampler streaming one chain of thought per call and yielding a probe every ``probe_every`` tokens.
 
     Made by :func:`openai_chat_stream` / :func:`openai_completion_stream`. Each call is an async
@@ -183,19 +182,6 @@ class StreamingSampler:
         # The probe request's prompt (the question and the partial chain) is paid again, by this probe.
         cost = None if self.price is None else self.price.cost(prompt_tokens or 0, total)
         return Sample(answer=self.extract(self.probe_prompt + text), tokens=total, cost=cost)
-
-    async def aclose(self) -> None:
-        """Close the HTTP client, if this sampler made it from a base URL."""
-        if self._owns_client:
-            await self._client.close()
-
-    async def __aenter__(self) -> StreamingSampler:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 def openai_chat_stream(
