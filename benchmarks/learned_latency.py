@@ -19,8 +19,8 @@ import argparse
 import gc
 import os
 import platform
-import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +32,9 @@ from budgetctl._state import RunState
 from budgetctl.learn import LearnedStop, default_policy_path, load_policy, state_features
 from budgetctl.policies import AdaptiveConsistency, Never
 from budgetctl.sim import LatencyModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations"))
+from benchdoc import write_part
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "traces"
@@ -82,23 +85,6 @@ def time_calls(fn: object, states: list[RunState], passes: int) -> list[float]:
 def summary(times: list[float]) -> tuple[float, float, float]:
     values = np.array(times)
     return float(np.percentile(values, 50)), float(np.percentile(values, 90)), float(np.percentile(values, 99))
-
-
-def write_part(text: str) -> None:
-    doc = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    section = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    match = section.search(doc)
-    body = match.group(0) if match else f"{SECTION}\n\n"
-    part = re.compile(rf"^{re.escape(PART)}\n.*?(?=^### |\Z)", re.MULTILINE | re.DOTALL)
-    if part.search(body):
-        body = part.sub(lambda _: text + "\n", body)
-    else:
-        body = body.rstrip("\n") + "\n\n" + text + "\n"
-    if match:
-        doc = doc[: match.start()] + body + doc[match.end() :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + body
-    DOC.write_text(doc.rstrip("\n") + "\n", encoding="utf-8")
 
 
 def main() -> int:
@@ -158,7 +144,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:
-        write_part(text)
+        write_part(DOC, SECTION, text)
         print(f"wrote {PART!r} in {SECTION!r} of {DOC.relative_to(ROOT)}")
     return 0
 

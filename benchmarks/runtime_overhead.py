@@ -21,7 +21,6 @@ import gc
 import os
 import platform
 import random
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +31,9 @@ import anyio
 
 import budgetctl as bc
 from budgetctl.policies import AdaptiveConsistency, MaxSamples
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations"))
+from benchdoc import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -329,18 +331,6 @@ def render(command: str, overhead: list[dict[str, Any]], lateness: list[dict[str
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace this script's ``## Runtime`` section of docs/benchmarks.md (or append it), keeping the rest."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    current = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    DOC.write_text(updated.rstrip("\n") + "\n", encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, print only (no docs written)")
@@ -365,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         print(text)
     else:
-        write_section(text)
+        write_section(DOC, text)
         print(f"wrote {SECTION!r} to {DOC.relative_to(ROOT)}")
     return 0
 

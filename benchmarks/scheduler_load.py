@@ -26,7 +26,6 @@ import gc
 import os
 import platform
 import random
-import re
 import sys
 import time
 import tracemalloc
@@ -41,6 +40,9 @@ from budgetctl._sample import Sample
 from budgetctl.policies import AdaptiveConsistency, MaxSamples
 from budgetctl.sched import LookaheadGain
 from budgetctl.sched._allocate import Allocator, Capacity, Ticket
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations"))
+from benchdoc import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -300,17 +302,6 @@ def render(
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    DOC.parent.mkdir(exist_ok=True)
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(updated)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1,000 requests, one run each; write nothing")
@@ -341,7 +332,7 @@ def main() -> int:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     if not args.quick:
         command = "python benchmarks/scheduler_load.py" + ("" if n == 10_000 else f" --requests {n}")
-        write_section(render(command, live_rows, alone, mem, load))
+        write_section(DOC, render(command, live_rows, alone, mem, load))
         print(f"wrote {SECTION!r} in {DOC.relative_to(ROOT)}")
     return 0
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchdoc import write_section
+
 import budgetctl as bc
 from budgetctl import normalize_answer
 from budgetctl._pool import Question
@@ -178,18 +180,6 @@ def markdown(rows: list[Row], args: argparse.Namespace, n_questions: int, its_hu
     )
     lines.append("")
     return "\n".join(lines)
-
-
-def write_section(path: Path, text: str) -> None:
-    """Add or replace this script's section of ``path``, leaving every other section as it is."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
 
 
 async def main_async(args: argparse.Namespace) -> list[Row]:

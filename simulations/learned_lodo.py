@@ -30,13 +30,13 @@ import json
 import os
 import pickle
 import platform
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchdoc import write_part
 
 from budgetctl._pool import Pool, load_pool
 from budgetctl.learn import LearnedStop, build_rows
@@ -283,23 +283,6 @@ def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, s
     return "\n".join(lines) + "\n"
 
 
-def write_part(text: str) -> None:
-    doc = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    section = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    match = section.search(doc)
-    body = match.group(0) if match else f"{SECTION}\n\n"
-    part = re.compile(rf"^{re.escape(PART)}\n.*?(?=^### |\Z)", re.MULTILINE | re.DOTALL)
-    if part.search(body):
-        body = part.sub(lambda _: text + "\n", body)
-    else:
-        body = body.rstrip("\n") + "\n\n" + text + "\n"
-    if match:
-        doc = doc[: match.start()] + body + doc[match.end() :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + body
-    DOC.write_text(doc.rstrip("\n") + "\n", encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="mlp,linear", help="model kinds, the first shown in detail")
@@ -320,7 +303,7 @@ def main() -> int:
         text = render(saved, args, sum(f["seconds"] for folds in saved.values() for f in folds))
         print(text)
         if args.write:
-            write_part(text)
+            write_part(DOC, SECTION, text)
             print(f"wrote {PART!r} in {SECTION!r} of {DOC.relative_to(ROOT)}")
         return 0
     missing = [name for name in FILES if not (TRACES / name).exists()]
@@ -360,7 +343,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1), encoding="utf-8")
     if args.write:
-        write_part(text)
+        write_part(DOC, SECTION, text)
         print(f"wrote {PART!r} in {SECTION!r} of {DOC.relative_to(ROOT)}")
     return 0
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
+
+from benchdoc import write_section
 
 from budgetctl._pool import load_pool
 from budgetctl.sim import simulate
@@ -29,14 +30,6 @@ POLICIES = [
     "stable:k=3",
     "confidence:threshold=0.9",
 ]
-
-
-def replace_section(path: Path, title: str, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {title}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    path.write_text(text)
 
 
 def main() -> int:
@@ -97,7 +90,7 @@ def main() -> int:
     for d in result.datasets:
         lines.append(f"| {d.dataset} | {d.n_questions} | {d.pool_size} |")
     if not args.no_write:
-        replace_section(ROOT / "docs" / "benchmarks.md", "Simulation speed", "\n".join(lines))
+        write_section(ROOT / "docs" / "benchmarks.md", "## Simulation speed\n\n" + "\n".join(lines))
         print("wrote docs/benchmarks.md")
     return 0
 
