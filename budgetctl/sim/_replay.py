@@ -103,9 +103,9 @@ class ReplaySampler:
 
 _EXHAUSTED = Exhausted("replayed samples exhausted")
 
-# Where a branch of the replay stands: about to check the limits before the first launch, about to
-# launch (after the start, or after a sample came back), or waiting for the next sample to come back.
-_START, _START_FILL, _STEP_FILL, _WAIT = range(4)
+# Where a branch of the replay stands: about to start, about to launch (after the start, or after a
+# sample came back), or waiting for the next sample to come back.
+_START, _FILL, _WAIT = range(3)
 
 
 class _Branch:
@@ -200,13 +200,20 @@ def replay_orders(
     ttft, per_token = model.ttft, model.per_token
 
     root_core = RunCore(
-        policy=_NEVER, aggregator=aggregator, budget=budget, deadline=deadline, max_failures=None, keep_samples=False
+        policy=_NEVER,
+        aggregator=aggregator,
+        budget=budget,
+        deadline=deadline,
+        max_failures=None,
+        keep_samples=False,
+        concurrency=concurrency,
     )
-    time_limit = root_core.time_limit
-    time_reason = root_core.time_reason(deadline)
-    pending = [
-        _Branch(root_core, [], 0, 0.0, _START, list(range(len(rows))), list(range(len(policies))), list(policies))
-    ]
+    # With one call at a time, every policy launches alike (a bound never stops the one call a
+    # run that goes on must have); with more, a policy's bound may launch fewer: such policies
+    # are forked onto runs of their own where their launches differ.
+    per_policy_room = concurrency > 1
+    everyone, all_policies = list(range(len(rows))), list(range(len(policies)))
+    pending = [_Branch(root_core, [], 0, 0.0, _START, everyone, all_policies, list(policies))]
 
     def finish(branch: _Branch, stop: Stop) -> None:
         for o in branch.members:
@@ -224,13 +231,30 @@ def replay_orders(
         while branch.active:
             phase = branch.phase
             if phase == _START:
-                reason = core.limit_reason()
+                reason = core.start(0.0) or core.expired(0.0)
                 if reason is not None:
                     finish(branch, Stop(core.state, reason))
                     break
-                phase = branch.phase = _START_FILL
-            if phase != _WAIT:
-                while core.n_in_flight < concurrency and core.can_launch():
+                phase = branch.phase = _FILL
+            if phase == _FILL:
+                if per_policy_room:
+                    rooms = [core.room(p) for p in branch.judged]
+                    room = rooms[0]
+                    if any(r != room for r in rooms):
+                        by_room: dict[int, list[int]] = {}
+                        for p, r in zip(branch.active, rooms, strict=True):
+                            by_room.setdefault(r, []).append(p)
+                        split_policies = list(by_room.values())
+                        for group in split_policies[1:]:
+                            fork = branch.fork(members.copy())
+                            fork.active = group
+                            fork.judged = [policies[p] for p in group]
+                            pending.append(fork)
+                        branch.active = split_policies[0]
+                        branch.judged = [policies[p] for p in branch.active]
+                else:
+                    room = core.room()
+                for _ in range(room):
                     launched = branch.launched
                     if launched < n:
                         if len(members) == 1:
@@ -252,20 +276,13 @@ def replay_orders(
                         heapq.heappush(heap, (branch.now, launched, _EXHAUSTED, 0.0))
                     core.launch()
                     branch.launched = launched + 1
-                if phase == _START_FILL:
-                    reason = core.limit_reason()
-                    if reason is not None:
-                        finish(branch, Stop(core.state, reason))
-                        break
-                elif core.n_in_flight == 0:
-                    finish(branch, Stop(core.state, core.limit_reason() or "budget"))
-                    break
                 branch.phase = _WAIT
             finished_at, _, item, duration = heapq.heappop(heap)
-            if time_limit is not None and finished_at >= time_limit:
-                branch.now = time_limit
-                core.cancel_in_flight()
-                finish(branch, Stop(core.snapshot(time_limit), time_reason))
+            reason = core.expired(finished_at)
+            if reason is not None:  # a completion at or after the limit is too late: cancelled
+                branch.now = core.limit_at
+                core.cancel()
+                finish(branch, Stop(core.snapshot(core.limit_at), reason))
                 break
             branch.now = finished_at
             state = core.record(item, duration, finished_at)
@@ -281,5 +298,5 @@ def replay_orders(
                             results[o][p] = stop
                 branch.active = still
                 branch.judged = [policies[p] for p in still]
-            branch.phase = _STEP_FILL
+            branch.phase = _FILL
     return [[stop for stop in row if stop is not None] for row in results]
