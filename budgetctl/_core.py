@@ -78,12 +78,17 @@ def _stamped(sample: Sample, latency: float) -> Sample:
 class LaunchPlanner(Protocol):
     """How many calls a run wants in flight: the one decision a launch planner makes.
 
-    :meth:`RunCore.target_in_flight` asks it after every event; the policy's bound and the budget
-    then cap the answer (:meth:`RunCore.room`), so a planner can only launch less than they allow.
-    ``policy`` is the policy being judged (the simulator judges several on one run).
+    :meth:`RunCore.target_in_flight` asks it whenever the engine may launch (after the start and
+    after every outcome); the answer is clamped to ``1..concurrency`` and then capped by the
+    policy's bound and the budget (:meth:`RunCore.room`), so a planner can only launch less than
+    they allow. ``policy`` is the policy being judged (the simulator judges several on one run).
+    :meth:`observe` is told of every outcome once the engine has recorded it (``core.state`` is
+    the new snapshot): a planner learns the sampler's latency there.
     """
 
     def target_in_flight(self, core: RunCore, policy: StopPolicy) -> int: ...
+
+    def observe(self, core: RunCore, latency: float, final: bool) -> None: ...
 
 
 def describe_error(error: BaseException) -> str:
@@ -229,6 +234,8 @@ class RunCore:
         ``budget``). The snapshot is :attr:`state`.
         """
         state = self.record(outcome, latency, now, final=final)
+        if self.planner is not None:
+            self.planner.observe(self, latency, final)
         reason = self.decide(state)
         if reason is None and self.n_in_flight == 0 and self.room() == 0:
             reason = self.limit_reason() or "budget"
