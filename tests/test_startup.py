@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 import budgetctl as bc
-from budgetctl.policies import MaxSamples, PolicySpecError, StopPolicy, parse_policy
-from budgetctl.policies import _spec
+from budgetctl.policies import MaxSamples, PolicySpecError, StopPolicy, _spec, parse_policy
 
 #: Modules a rule-based run must not pay for: the extras, and budgetctl's own heavy subpackages.
 HEAVY = (
@@ -62,7 +61,8 @@ def test_import_and_rule_specs_load_nothing_heavy() -> None:
 
 def test_the_learned_plugin_loads_for_learned_specs_only() -> None:
     pytest.importorskip("sklearn")
-    assert {"budgetctl.learn", "sklearn"} <= loaded_after("from budgetctl.policies import parse_policy\nparse_policy('learned')")
+    loaded = loaded_after("from budgetctl.policies import parse_policy\nparse_policy('learned')")
+    assert {"budgetctl.learn", "sklearn"} <= loaded
 
 
 def test_lazy_names_load_on_first_use() -> None:
@@ -89,7 +89,7 @@ def test_path_loaders_are_tried_in_order(tmp_path: Path, monkeypatch: pytest.Mon
     assert parse_policy(str(tmp_path)) == MaxSamples(7)
     assert tried == ["first", "second"]
     monkeypatch.setattr(_spec, "_PATH_LOADERS", [not_mine])
-    with pytest.raises(PolicySpecError, match="no loader could read it.*not a first-kind policy"):
+    with pytest.raises(PolicySpecError, match=r"no loader could read it.*not a first-kind policy"):
         parse_policy(str(tmp_path))
 
 
