@@ -302,13 +302,17 @@ async def test_a_refused_connection_is_fatal_and_names_the_url() -> None:
 async def test_the_client_is_made_on_the_first_call_inside_the_run() -> None:
     port = free_port()
     sampler = openai_chat(f"http://127.0.0.1:{port}/v1", "m", "q")
-    assert sampler._client is None  # nothing made before the run
+
+    def made() -> bool:
+        return sampler._client is not None
+
+    assert not made()  # nothing made before the run
     await sampler.aclose()  # closing an unused sampler is fine
     with pytest.raises(bc.FatalSamplerError):
         await sampler()
-    assert sampler._client is not None and str(sampler.client.base_url).rstrip("/").endswith(f"{port}/v1")
+    assert made() and str(sampler.client.base_url).rstrip("/").endswith(f"{port}/v1")
     await sampler.aclose()
-    assert sampler._client is None
+    assert not made()
 
 
 # -- configuration -----------------------------------------------------------------------------------------

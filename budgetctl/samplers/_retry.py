@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import socket
 
 import anyio
 
