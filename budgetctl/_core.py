@@ -30,6 +30,7 @@ from typing import Protocol
 
 from ._aggregate import Aggregator, MajorityVote, Tally
 from ._budget import Budget
+from ._errors import FatalSamplerError
 from ._sample import Exhausted, Sample, validate_sample
 from ._state import Result, RunState, StopReason
 from .policies._base import PolicyError, StopPolicy
@@ -135,6 +136,7 @@ class RunCore:
         "answer_run",
         "first_tokens",
         "exhausted",
+        "fatal",
         "_last_key",
         "_state",
         "_keep_samples",
@@ -181,6 +183,8 @@ class RunCore:
         self.answer_run = 0
         self.first_tokens: int | None = None
         self.exhausted = False
+        #: A sampler raised :class:`~budgetctl.FatalSamplerError`: launch nothing more.
+        self.fatal = False
         self._last_key: Hashable = None
         self._state = self.snapshot(0.0)
 
@@ -294,8 +298,8 @@ class RunCore:
         return room
 
     def can_launch(self) -> bool:
-        """Whether the limits (budget, failures, an exhausted sampler) allow one more sampler call now."""
-        if self.exhausted or self._too_many_failures():
+        """Whether the limits (budget, failures, an exhausted or fatally failed sampler) allow one more call now."""
+        if self.exhausted or self.fatal or self._too_many_failures():
             return False
         budget = self.budget
         if budget.samples is not None and self.n_launched >= budget.samples:
@@ -336,6 +340,7 @@ class RunCore:
             self.exhausted = True
             return []
         elif isinstance(outcome, BaseException):
+            self.fatal = self.fatal or isinstance(outcome, FatalSamplerError)
             return [Sample(error=describe_error(outcome), latency=latency)]
         elif isinstance(outcome, list | tuple):
             batch = list(outcome)
@@ -436,7 +441,7 @@ class RunCore:
 
     def limit_reason(self) -> StopReason | None:
         """A reason to stop that no policy can overrule: failures, a spent budget, an exhausted sampler."""
-        if self.max_failures is not None and self.n_failed > self.max_failures:
+        if self.fatal or (self.max_failures is not None and self.n_failed > self.max_failures):
             return "error"
         budget = self.budget
         if budget.tokens is not None and self.tokens >= budget.tokens:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -44,6 +45,14 @@ pytestmark = pytest.mark.anyio
 asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
 Handler = Callable[[Any], Awaitable[Any]]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 class FakeServer:
@@ -221,13 +230,20 @@ async def test_retries_429_and_5xx_then_succeeds() -> None:
     assert len(server.requests) == 3
 
 
-@pytest.mark.parametrize("status", [400, 401, 404, 422])
-async def test_client_errors_are_not_retried(status: int) -> None:
+@pytest.mark.parametrize(
+    ("status", "check"),
+    [(400, "parameters"), (401, "API key"), (403, "permissions"), (404, "base URL"), (422, "parameters")],
+)
+async def test_client_errors_are_fatal_and_not_retried(status: int, check: str) -> None:
     server = FakeServer(error(status), chat_response("The answer is 1.", completion_tokens=4))
     async with client_for(server) as client:
-        with pytest.raises(openai.APIStatusError):
+        with pytest.raises(bc.FatalSamplerError) as info:
             await openai_chat(client, "m", "q", retry=FAST)()
     assert len(server.requests) == 1
+    message = str(info.value)
+    assert "http://replay.test/v1/chat/completions" in message and f"answered {status}" in message
+    assert f"status {status}" in message and check in message  # what the server said, and what to check
+    assert isinstance(info.value.__cause__, openai.APIStatusError)
 
 
 async def test_retries_give_up_after_their_attempts() -> None:
@@ -259,12 +275,44 @@ async def test_a_long_retry_after_is_honoured_and_checked_against_the_deadline()
 
 
 async def test_failures_inside_solve_are_recorded_not_raised() -> None:
+    server = FakeServer(error(500), error(500), chat_response("The answer is 1.", completion_tokens=4))
+    async with client_for(server) as client:
+        result = await bc.solve(openai_chat(client, "m", "q", retry=None), budget=bc.Budget(samples=3), fallback="?")
+    assert result.answer == 1
+    assert result.n_failed == 2 and all("500" in e for e in result.errors)
+
+
+async def test_a_fatal_error_ends_the_run_at_once() -> None:
     server = FakeServer(error(404))
     async with client_for(server) as client:
-        result = await bc.solve(openai_chat(client, "m", "q"), budget=bc.Budget(samples=3), fallback="?")
-    assert result.answer == "?"
-    assert result.n_failed == 3
-    assert all("404" in e for e in result.errors)
+        result = await bc.solve(openai_chat(client, "m", "q"), concurrency=1, fallback="?")
+    assert (result.answer, result.stop_reason, result.n_failed) == ("?", "error", 1)
+    assert len(server.requests) == 1 and "FatalSamplerError" in result.errors[0] and "404" in result.errors[0]
+
+
+async def test_a_refused_connection_is_fatal_and_names_the_url() -> None:
+    port = free_port()  # nothing listens there
+    async with openai_chat(f"http://127.0.0.1:{port}/v1", "m", "q") as sampler:
+        result = await bc.solve(sampler, concurrency=4, deadline=30)
+    assert result.stop_reason == "error" and result.n_failed <= 4  # the calls already in flight, no more
+    assert f"http://127.0.0.1:{port}/v1/chat/completions" in result.errors[0]
+    assert "connection refused" in result.errors[0] and "server is running" in result.errors[0]
+
+
+async def test_the_client_is_made_on_the_first_call_inside_the_run() -> None:
+    port = free_port()
+    sampler = openai_chat(f"http://127.0.0.1:{port}/v1", "m", "q")
+
+    def made() -> bool:
+        return sampler._client is not None
+
+    assert not made()  # nothing made before the run
+    await sampler.aclose()  # closing an unused sampler is fine
+    with pytest.raises(bc.FatalSamplerError):
+        await sampler()
+    assert made() and str(sampler.client.base_url).rstrip("/").endswith(f"{port}/v1")
+    await sampler.aclose()
+    assert not made()
 
 
 # -- configuration -----------------------------------------------------------------------------------------

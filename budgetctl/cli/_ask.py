@@ -53,6 +53,15 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--trace", default=None, metavar="FILE", help="append the run's events to FILE (JSONL)")
+    parser.add_argument("--id", default=None, help="the question's id, written into the trace (for simulate/train)")
+    parser.add_argument("--gold", default=None, help="the right answer, written into the trace (for simulate/train)")
+    parser.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more metadata for the trace (repeatable; VALUE is read as JSON when it parses, e.g. dataset=mytask)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -78,6 +87,27 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("--budget-usd needs --price-in and/or --price-out (dollars per million tokens)")
     if args.stream and args.n != 1:
         raise UsageError("--stream streams one chain per request; it cannot be combined with --n")
+    _meta(args, "")  # checks --meta before any work
+
+
+def _meta(args: argparse.Namespace, question: str) -> dict[str, Any]:
+    """The trace's metadata: the question, model and server, ``--meta`` pairs, then ``--id`` and ``--gold``."""
+    from ..cli import UsageError
+
+    meta: dict[str, Any] = {"question": question, "model": args.model, "base_url": args.base_url}
+    for item in args.meta:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--meta takes KEY=VALUE, got {item!r}")
+        try:
+            meta[key.strip()] = json.loads(value)
+        except ValueError:
+            meta[key.strip()] = value
+    if args.id is not None:
+        meta["id"] = args.id
+    if args.gold is not None:
+        meta["gold"] = args.gold
+    return meta
 
 
 def _sampler(args: argparse.Namespace, question: str) -> Any:
@@ -143,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
                 deadline=args.deadline,
                 concurrency=args.concurrency,
                 trace=args.trace,
-                meta={"question": question, "model": args.model, "base_url": args.base_url},
+                meta=_meta(args, question),
             )
 
     result = anyio.run(main)
@@ -170,7 +200,28 @@ def _run(args: argparse.Namespace) -> int:
         print(f"elapsed:     {result.elapsed:.3f} s")
         print(f"stop reason: {result.stop_reason}")
     if result.answer is None:
-        for error in report["errors"]:
-            print(f"budgetctl ask: error: {error}", file=sys.stderr)
+        print(f"budgetctl ask: no answer: {why_no_answer(args, result)}", file=sys.stderr)
         return 1
     return 0
+
+
+def why_no_answer(args: argparse.Namespace, result: Any) -> str:
+    """One line saying why a run ended without an answer, and what to do about it."""
+    errors = sorted(set(result.errors))
+    if result.stop_reason == "error" or (errors and result.n_samples == 0 and result.stop_reason != "deadline"):
+        shown = "; ".join(errors[:3]) + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
+        return f"{result.n_failed} request(s) failed: {shown}"
+    if result.n_samples > 0:
+        return (
+            f"{result.n_samples} sample(s) came back but the extractor {args.extract!r} read no answer from any; "
+            "try another --extract (answer-is, boxed, number, ...) or a --system message that asks for "
+            "'The answer is X.'"
+        )
+    if result.stop_reason == "deadline":
+        failed = f", {result.n_failed} failed ({errors[0]})" if errors else ""
+        return (
+            f"no sample came back before the --deadline of {args.deadline:g} s ({result.n_cancelled} request(s) "
+            f"were still running and were cancelled{failed}); give a longer --deadline, or check how long one "
+            "request to this server takes (e.g. run without --deadline)"
+        )
+    return f"the run stopped ({result.stop_reason}) before any sample came back; check --max-samples and the budgets"

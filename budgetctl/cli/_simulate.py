@@ -11,6 +11,7 @@ from .._budget import Budget
 from .._pool import demo_pool_path
 from ..sim import LatencyModel, simulate
 from ..sim._report import format_table, plot_frontier, sweep_specs
+from . import UsageError
 
 #: What runs when no --policy is given.
 DEFAULT_POLICIES = ("fixed:n=10", "fixed:n=40", "ac:threshold=0.95", "esc:window=5", "stable:k=3")
@@ -99,9 +100,9 @@ def _deadlines(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ValueError(f"--deadlines must be comma-separated seconds, got {text!r}") from None
+        raise UsageError(f"--deadlines must be comma-separated seconds, got {text!r}") from None
     if any(not v > 0 for v in values):
-        raise ValueError(f"--deadlines must be positive, got {text!r}")
+        raise UsageError(f"--deadlines must be positive, got {text!r}")
     return values
 
 
@@ -114,11 +115,11 @@ def _scheduler_options(text: str) -> dict[str, int]:
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq or key not in _SCHEDULER_KEYS:
-            raise ValueError(f"--scheduler takes {', '.join(f'{k}=N' for k in _SCHEDULER_KEYS)}; got {item!r}")
+            raise UsageError(f"--scheduler takes {', '.join(f'{k}=N' for k in _SCHEDULER_KEYS)}; got {item!r}")
         try:
             options[key] = _SCHEDULER_KEYS[key](value)
         except ValueError:
-            raise ValueError(f"--scheduler {key} must be an integer, got {value!r}") from None
+            raise UsageError(f"--scheduler {key} must be an integer, got {value!r}") from None
     return options
 
 
@@ -126,7 +127,7 @@ def _run_scheduler(args: argparse.Namespace, pools: list[str], latency: LatencyM
     from ..sched import simulate_shared_budget
 
     if len(args.policy) > 1 or args.sweep:
-        raise ValueError("--scheduler takes at most one --policy (each request's own stop policy) and no --sweep")
+        raise UsageError("--scheduler takes at most one --policy (each request's own stop policy) and no --sweep")
     options = _scheduler_options(args.scheduler)
     result = simulate_shared_budget(
         pools,
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the simulation the arguments describe; print the table and write the files."""
     pools = args.pools or [demo_pool_path()]
     if args.scheduler is None and args.budget_per_question is not None:
-        raise ValueError("--budget-per-question needs --scheduler (e.g. --scheduler slots=8)")
+        raise UsageError("--budget-per-question needs --scheduler (e.g. --scheduler slots=8)")
     policies = args.policy or ([] if args.sweep else list(DEFAULT_POLICIES))
     sweeps = [(spec, sweep_specs(spec, args.sweep_points)) for spec in args.sweep]
     latency = LatencyModel(
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scheduler is not None:
         return _run_scheduler(args, pools, latency)
     if args.price_per_1k < 0:
-        raise ValueError(f"--price-per-1k cannot be negative, got {args.price_per_1k}")
+        raise UsageError(f"--price-per-1k cannot be negative, got {args.price_per_1k}")
     budget = Budget(samples=args.budget_samples, tokens=args.budget_tokens)
     result = simulate(
         pools,

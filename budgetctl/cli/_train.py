@@ -65,14 +65,16 @@ def register(subparsers: Any) -> None:
 
 
 def _value(text: str) -> float | str:
+    from ..cli import UsageError
+
     if text == "auto":
         return text
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"--value must be a number >= 0 or 'auto', got {text!r}") from None
+        raise UsageError(f"--value must be a number >= 0 or 'auto', got {text!r}") from None
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"--value must be a number >= 0 or 'auto', got {text!r}")
+        raise UsageError(f"--value must be a number >= 0 or 'auto', got {text!r}")
     return value
 
 

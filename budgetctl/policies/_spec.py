@@ -7,7 +7,6 @@ keys are errors that list the close matches, so a typo never silently runs the w
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import os
@@ -37,30 +36,68 @@ _REGISTRY: dict[str, _Factory] = {
     "confidence": ConfidenceStop,
     "unbeatable": Unbeatable,
 }
-#: Loaders for specs that are a path (a trained policy), tried in order.
+#: Loaders for specs that are a path (a trained policy), tried in order until one reads it.
 _PATH_LOADERS: list[Callable[[str], StopPolicy]] = []
+#: Policies that live in optional modules: spec name -> the module whose import registers it. They
+#: are imported only when a spec names them (or is a path), so rule specs never load scikit-learn.
+_PLUGINS: dict[str, str] = {"learned": "budgetctl.learn"}
+#: Modules that register path loaders when imported.
+_PATH_PLUGINS: tuple[str, ...] = ("budgetctl.learn",)
+#: Why a plug-in module could not be imported (its ImportError names the pip command), by module.
+_PLUGIN_ERRORS: dict[str, str] = {}
 
 
 def register_policy(name: str, factory: _Factory, *, path_loader: Callable[[str], StopPolicy] | None = None) -> None:
     """Make ``name`` usable in specs (``name:key=value``); ``path_loader`` also accepts bare paths."""
     _REGISTRY[name] = factory
-    if path_loader is not None:
+    if path_loader is not None and path_loader not in _PATH_LOADERS:
         _PATH_LOADERS.append(path_loader)
 
 
 def policy_names() -> list[str]:
-    """Every name a spec may use."""
-    _load_plugins()
+    """Every name a spec may use (plug-ins whose optional dependency is missing are left out)."""
+    for module in {*_PLUGINS.values(), *_PATH_PLUGINS}:
+        _load_plugin(module)
     return sorted(_REGISTRY)
 
 
-def _load_plugins() -> None:
-    # Policies that live in optional modules register themselves when imported.
+def _load_plugin(module: str) -> str | None:
+    """Import a plug-in module (it registers its policies); the reason if it cannot be imported."""
+    if module in _PLUGIN_ERRORS:
+        return _PLUGIN_ERRORS[module]
     import importlib
 
-    for module in ("budgetctl.learn",):
-        with contextlib.suppress(ImportError):
-            importlib.import_module(module)
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        _PLUGIN_ERRORS[module] = str(error)
+        return str(error)
+    return None
+
+
+def _from_path(text: str) -> StopPolicy:
+    # A spec that names an existing path: every registered loader, in order, until one reads it.
+    problems = [problem for problem in map(_load_plugin, _PATH_PLUGINS) if problem is not None]
+    if not _PATH_LOADERS:
+        why = f": {problems[0]}" if problems else ""
+        raise PolicySpecError(f"{text!r} is a path, but no trained-policy loader is available{why}")
+    failures = []
+    for loader in _PATH_LOADERS:
+        try:
+            return loader(text)
+        except (ValueError, OSError) as error:  # not this loader's format, or unreadable
+            failures.append(f"{getattr(loader, '__qualname__', loader)}: {error}")
+    raise PolicySpecError(f"{text!r} is a path, but no loader could read it ({'; '.join(failures)})")
+
+
+def _unknown(name: str, text: str) -> PolicySpecError:
+    known = sorted({*_REGISTRY, *_PLUGINS})
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    where = ""
+    if ":" not in text and "=" not in text:  # a bare word or a path: it may have meant a trained policy
+        where = f"; also looked for a trained-policy directory {os.path.abspath(text)!r}: there is none"
+    return PolicySpecError(f"unknown policy {name!r}{hint} (known: {', '.join(known)}){where}")
 
 
 def _convert(value: str) -> Any:
@@ -91,16 +128,15 @@ def _one(spec: str) -> StopPolicy:
     name, _, rest = text.partition(":")
     name = name.strip().lower()
     factory = _REGISTRY.get(name)
+    if factory is None and name in _PLUGINS:
+        problem = _load_plugin(_PLUGINS[name])
+        if problem is not None:
+            raise PolicySpecError(f"policy {name!r} is not available: {problem}")
+        factory = _REGISTRY.get(name)
     if factory is None:
         if os.path.exists(text):
-            for loader in _PATH_LOADERS:
-                return loader(text)
-            raise PolicySpecError(
-                f"{text!r} is a path, but no trained-policy loader is available (install budgetctl[learn])"
-            )
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise PolicySpecError(f"unknown policy {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})")
+            return _from_path(text)
+        raise _unknown(name, text)
     kwargs: dict[str, Any] = {}
     allowed = _parameters(factory)
     for item in filter(None, (part.strip() for part in rest.split(","))):
@@ -131,8 +167,11 @@ def _one(spec: str) -> StopPolicy:
 
 
 def parse_policy(spec: str) -> StopPolicy:
-    """Build the policy a spec names: ``NAME[:key=value,...]`` joined by ``|`` (either) and ``&`` (both)."""
-    _load_plugins()
+    """Build the policy a spec names: ``NAME[:key=value,...]`` joined by ``|`` (either) and ``&`` (both).
+
+    A part that names no registered policy but an existing path is read by the registered path
+    loaders, in order. Optional plug-ins (``learned``) are imported only when a spec needs them.
+    """
     alternatives = [part for part in spec.split("|")]
     policies = []
     for alternative in alternatives:

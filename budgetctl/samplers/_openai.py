@@ -148,15 +148,42 @@ def sample_from(
 
 
 class ClientOwner:
-    """The lifecycle of a sampler's HTTP client: closed by :meth:`aclose` (or ``async with``) if the sampler made it."""
+    """The lifecycle of a sampler's HTTP client: made on the first call, closed by :meth:`aclose` (or ``async with``).
+
+    Given a base URL, the sampler checks it and imports ``openai`` when it is made (a missing extra
+    or a malformed URL fails there), but creates the client (its connection pool and TLS context)
+    only on its first call: inside the run, so that the run's deadline counts it. A client passed
+    in is used as is and never closed here.
+    """
 
     _client: Any
     _owns_client: bool
+    _client_args: dict[str, Any]
+    _client_factory: Any
+
+    def _set_client(self, client_or_base_url: Any, api_key: str | None) -> None:
+        if isinstance(client_or_base_url, str):
+            base_url = _with_v1(client_or_base_url)
+            openai = import_optional("openai", "openai", "an OpenAI-compatible sampler from a base URL")
+            key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+            self._client_factory = openai.AsyncOpenAI
+            self._client_args = {"base_url": base_url, "api_key": key, "max_retries": 0}
+            self._client, self._owns_client = None, True
+        else:
+            self._client, self._owns_client = make_client(client_or_base_url, api_key=api_key)
+
+    @property
+    def client(self) -> Any:
+        """The ``openai.AsyncOpenAI`` client, made now if the sampler was given a base URL and has none yet."""
+        if self._client is None:
+            self._client = self._client_factory(**self._client_args)
+        return self._client
 
     async def aclose(self) -> None:
-        """Close the HTTP client, if this sampler made it from a base URL."""
-        if self._owns_client:
-            await self._client.close()
+        """Close the HTTP client, if this sampler made it from a base URL (a later call makes a new one)."""
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -219,7 +246,7 @@ class OpenAISampler(ClientOwner):
             self._params["temperature"] = temperature
         if max_tokens is not None:
             self._params["max_tokens"] = max_tokens
-        self._client, self._owns_client = make_client(client_or_base_url, api_key=api_key)
+        self._set_client(client_or_base_url, api_key)
         self._rng = random.Random(seed)
 
     def __repr__(self) -> str:
@@ -238,7 +265,7 @@ class OpenAISampler(ClientOwner):
             extra["n"] = self.n
 
         async def request() -> Any:
-            return await self._client.chat.completions.create(
+            return await self.client.chat.completions.create(
                 model=self.model, messages=self._messages, **extra, **self._params
             )
 
@@ -253,7 +280,7 @@ class OpenAISampler(ClientOwner):
             extra["n"] = self.n
 
         async def request() -> Any:
-            return await self._client.completions.create(model=self.model, prompt=self._prompt, **extra, **self._params)
+            return await self.client.completions.create(model=self.model, prompt=self._prompt, **extra, **self._params)
 
         response = await call_with_retry(request, self.retry, self._rng)
         choices = sorted(response.choices, key=lambda c: c.index)

@@ -1,16 +1,24 @@
-"""Retries with backoff for transient HTTP failures (429, 5xx, a dropped connection), never past the deadline."""
+"""Retries with backoff for transient HTTP failures (429, 5xx, a dropped connection), never past the deadline.
+
+Failures that no retry can fix (connection refused, an unknown host, 400, 401, 403, 404, 405, 422)
+become :class:`~budgetctl.FatalSamplerError` at once, naming the URL and what to check: the run
+then stops instead of sending the same doomed request again and again.
+"""
 
 from __future__ import annotations
 
 import math
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["Retry", "DEFAULT_RETRY", "call_with_retry", "is_transient", "retry_after"]
+from .._errors import FatalSamplerError
+
+__all__ = ["Retry", "DEFAULT_RETRY", "call_with_retry", "fatal_error", "is_transient", "retry_after"]
 
 T = TypeVar("T")
 
@@ -90,13 +98,80 @@ def is_transient(error: BaseException) -> bool:
     return _is_connection_error(error)
 
 
+#: HTTP statuses that the same request gets every time, with what the user should check.
+_FATAL_STATUS = {
+    400: "the server rejected the request: check the model name and the parameters it accepts "
+    "(max_tokens, temperature, n, logprobs, params)",
+    401: "the server refused the API key: check it (api_key=, --api-key or $OPENAI_API_KEY)",
+    403: "the API key may not use this model or endpoint: check the key's permissions and the model name",
+    404: "check the base URL (it usually ends in /v1; GET <base URL>/models lists the models) and the model name",
+    405: "the server does not take this request at this URL: check the base URL and chat vs completions",
+    422: "the server could not process the request: check the model name and the parameters it accepts",
+}
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    # The error, what caused it, and the members of exception groups on the way (trio's connect
+    # reports each refused address inside one).
+    found: list[BaseException] = []
+    todo, seen = [error], set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+    return found
+
+
+def _url(error: BaseException) -> str:
+    request: Any = getattr(error, "request", None)
+    url = getattr(request, "url", None)
+    return str(url) if url is not None else "the server"
+
+
+def fatal_error(error: BaseException) -> FatalSamplerError | None:
+    """The :class:`~budgetctl.FatalSamplerError` for a failure no retry can fix, or ``None`` if a retry may help.
+
+    Fatal: a refused connection or an unknown host (nothing listens there), and the statuses of a
+    request the server will always reject (400, 401, 403, 404, 405, 422). The message names the URL,
+    what the server said and what to check.
+    """
+    if isinstance(error, FatalSamplerError):
+        return error
+    status = _status(error)
+    if status in _FATAL_STATUS:
+        said = str(getattr(error, "message", "") or error)
+        said = said if len(said) <= 300 else said[:297] + "..."
+        return FatalSamplerError(f"{_url(error)} answered {status} ({said}); {_FATAL_STATUS[status]}")
+    if status is None and _is_connection_error(error):
+        causes = _causes(error)
+        if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+            return FatalSamplerError(
+                f"cannot connect to {_url(error)}: connection refused; check that the server is running "
+                "and that the base URL's host and port are right"
+            )
+        if any(isinstance(cause, socket.gaierror) for cause in causes):
+            return FatalSamplerError(f"cannot connect to {_url(error)}: unknown host; check the base URL's host name")
+    return None
+
+
 async def call_with_retry(call: Callable[[], Awaitable[T]], retry: Retry | None, rng: random.Random) -> T:
-    """Await ``call()``, retrying transient failures as ``retry`` says while the deadline allows."""
+    """Await ``call()``, retrying transient failures as ``retry`` says while the deadline allows.
+
+    A failure no retry can fix raises :class:`~budgetctl.FatalSamplerError` (from the original error).
+    """
     attempt = 0
     while True:
         try:
             return await call()
         except Exception as error:
+            fatal = fatal_error(error)
+            if fatal is not None and fatal is not error:
+                raise fatal from error
             if retry is None or attempt >= retry.attempts or not is_transient(error):
                 raise
             wait = retry.backoff(attempt, rng)

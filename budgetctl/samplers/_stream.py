@@ -18,7 +18,7 @@ import anyio
 
 from .._sample import Sample
 from ..extract import Extractor, default
-from ._openai import ClientOwner, Messages, _check_messages, _usage, make_client, sample_from
+from ._openai import ClientOwner, Messages, _check_messages, _usage, sample_from
 from ._price import PriceLike, resolve_price
 from ._retry import DEFAULT_RETRY, Retry, call_with_retry
 
@@ -99,14 +99,15 @@ class StreamingSampler(ClientOwner):
             self._params["temperature"] = temperature
         if max_tokens is not None:
             self._params["max_tokens"] = max_tokens
-        self._client, self._owns_client = make_client(client_or_base_url, api_key=api_key)
+        self._set_client(client_or_base_url, api_key)
         self._rng = random.Random(seed)
 
     def __repr__(self) -> str:
         return f"openai_{self.kind}_stream(model={self.model!r}, probe_every={self.probe_every}, probe={self.probe!r})"
 
     def _resource(self) -> Any:
-        return self._client.chat.completions if self.kind == "chat" else self._client.completions
+        client = self.client
+        return client.chat.completions if self.kind == "chat" else client.completions
 
     def _request_args(self) -> dict[str, Any]:
         if self.kind == "chat":
