@@ -8,16 +8,16 @@ Both become :class:`Question` objects, which the simulator, the replay server an
 
 from __future__ import annotations
 
-import json
-import math
 import os
+import warnings
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._aggregate import normalize_answer
+from ._jsonl import DEFAULT_LIMITS, ReadLimits, TraceFormatError, checked_number, iter_lines, parse_json
 from ._sample import Sample
-from ._trace import TraceFormatError, open_text, read_runs
+from ._trace import MAX_TOKENS, TraceWarning, answer_value, collect_runs
 
 __all__ = ["Question", "Pool", "load_pool", "demo_pool_path"]
 
@@ -56,7 +56,7 @@ class Pool:
 
     questions: list[Question]
     files: list[str]
-    #: ``(file, line, reason)`` of every line skipped with ``skip_bad=True``.
+    #: ``(file, line, reason)`` of every line skipped: torn by a crash (traces), or bad with ``skip_bad=True``.
     skipped: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
@@ -82,20 +82,12 @@ def demo_pool_path() -> str:
     return os.path.join(os.path.dirname(__file__), "data", "demo_fcot_date.jsonl.gz")
 
 
-def _number(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number or null, got {value!r}")
-    return float(value)
+def _number(value: Any, name: str, low: float | None = None, high: float | None = None) -> float | None:
+    return None if value is None else checked_number(value, name, low=low, high=high)
 
 
-def _hashable(value: Any) -> Hashable:
-    if isinstance(value, list):
-        return tuple(_hashable(v) for v in value)
-    if isinstance(value, dict):
-        raise ValueError(f"answer must be a string, number, list or null, got an object {value!r:.60}")
-    return value  # type: ignore[no-any-return]
+def _hashable(value: Any, name: str = "answer") -> Hashable:
+    return answer_value(value, name)  # type: ignore[no-any-return]
 
 
 def _parse_question(record: Any, origin: str) -> Question:
@@ -107,7 +99,7 @@ def _parse_question(record: Any, origin: str) -> Question:
     raw_samples = record.get("samples")
     if not isinstance(raw_samples, list) or not raw_samples:
         raise ValueError("'samples' must be a non-empty list")
-    gold = _hashable(record.get("gold"))
+    gold = _hashable(record.get("gold"), "gold")
     samples: list[Sample] = []
     correct: set[Hashable] = set()
     tokens_known = True
@@ -116,12 +108,10 @@ def _parse_question(record: Any, origin: str) -> Question:
             raise ValueError(f"samples[{i}] must be an object, got {type(raw).__name__}")
         try:
             answer = _hashable(raw.get("answer"))
-            tokens = _number(raw.get("tokens"), "tokens")
-            if tokens is not None and tokens < 0:
-                raise ValueError(f"tokens cannot be negative, got {tokens}")
-            logprob = _number(raw.get("logprob"), "logprob")
+            tokens = _number(raw.get("tokens"), "tokens", 0.0, MAX_TOKENS)
+            logprob = _number(raw.get("logprob"), "logprob", None, 0.0)
             score = _number(raw.get("score"), "score")
-            confidence = _number(raw.get("confidence"), "confidence")
+            confidence = _number(raw.get("confidence"), "confidence", 0.0, 1.0)
         except ValueError as error:
             raise ValueError(f"samples[{i}]: {error}") from None
         if tokens is None:
@@ -157,25 +147,34 @@ def _same(answer: Hashable, gold: Hashable) -> bool:
     return normalize_answer(answer) == normalize_answer(gold)
 
 
-def _is_trace(path: str) -> bool:
-    with open_text(path) as stream:
-        for line in stream:
-            if line.strip():
-                try:
-                    first = json.loads(line)
-                except json.JSONDecodeError:
-                    return False
-                return isinstance(first, dict) and "event" in first
+def _is_trace(path: str, limits: ReadLimits) -> bool:
+    for number, line, _ in iter_lines(path, limits, skip_blank=True):
+        if not line.strip():
+            continue
+        try:
+            first = parse_json(path, number, line)
+        except TraceFormatError:
+            return False
+        return isinstance(first, dict) and "event" in first
     return False
 
 
-def _questions_from_trace(path: str) -> list[Question]:
+def _questions_from_trace(
+    path: str, skip_bad: bool, skipped: list[tuple[str, int, str]], limits: ReadLimits
+) -> list[Question]:
     questions = []
-    for run in read_runs(path):
+    for run in collect_runs(path, skip_bad=skip_bad, limits=limits, on_skip=_recorder(skipped)):
         samples = tuple(s for s in run.samples if s.error is None)
         if not samples:
             continue
-        gold = _hashable(run.meta.get("gold"))
+        try:
+            gold = _hashable(run.meta.get("gold"), "meta.gold")
+        except ValueError as error:
+            where, _, line = run.origin.rpartition(":")
+            if not skip_bad:
+                raise TraceFormatError(where, int(line), f"run {run.run}: {error}") from None
+            skipped.append((where, int(line), f"run {run.run}: {error}"))
+            continue
         correct = {normalize_answer(gold)} if gold is not None else set()
         questions.append(
             Question(
@@ -187,28 +186,38 @@ def _questions_from_trace(path: str) -> list[Question]:
                 model=str(run.meta.get("model", "")),
                 text=str(run.meta.get("question", "")),
                 tokens_known=True,
-                origin=f"{path} run {run.run}",
+                origin=run.origin,
             )
         )
     return questions
 
 
-def _questions_from_pool(path: str, skip_bad: bool, skipped: list[tuple[str, int, str]]) -> list[Question]:
+def _recorder(skipped: list[tuple[str, int, str]]) -> Any:
+    def record(path: str, line: int, reason: str) -> None:
+        skipped.append((path, line, reason))
+        if "torn by a crash" in reason:  # not asked for with skip_bad: say so
+            warnings.warn(TraceWarning(f"{path}:{line}: skipped: {reason}"), stacklevel=2)
+
+    return record
+
+
+def _questions_from_pool(
+    path: str, skip_bad: bool, skipped: list[tuple[str, int, str]], limits: ReadLimits
+) -> list[Question]:
     questions = []
-    with open_text(path) as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"not valid JSON ({error.msg} at column {error.colno})") from None
-                questions.append(_parse_question(record, f"{path}:{number}"))
-            except ValueError as error:
-                if not skip_bad:
-                    raise TraceFormatError(path, number, str(error)) from None
-                skipped.append((path, number, str(error)))
+    for number, line, _ in iter_lines(path, limits, skip_blank=True):
+        if not line.strip():
+            continue
+        try:
+            questions.append(_parse_question(parse_json(path, number, line), f"{path}:{number}"))
+        except TraceFormatError as error:
+            if not skip_bad:
+                raise
+            skipped.append((path, number, error.message))
+        except ValueError as error:
+            if not skip_bad:
+                raise TraceFormatError(path, number, str(error)) from None
+            skipped.append((path, number, str(error)))
     return questions
 
 
@@ -217,12 +226,15 @@ def load_pool(
     *,
     datasets: Iterable[str] | None = None,
     skip_bad: bool = False,
+    limits: ReadLimits = DEFAULT_LIMITS,
 ) -> Pool:
     """Read sample pools and ``solve`` trace logs (``.jsonl`` or ``.jsonl.gz``) into one :class:`Pool`.
 
     ``datasets`` keeps only those datasets. A malformed line raises :class:`~budgetctl.TraceFormatError`
     naming its file and line, unless ``skip_bad``, which records it in ``Pool.skipped`` instead.
-    Duplicate question ids across files are an error (they would be counted twice).
+    Duplicate question ids across files are an error (they would be counted twice). Lines of a
+    trace torn by a crash are skipped (recorded in ``Pool.skipped``, with a ``TraceWarning``).
+    ``limits`` bounds line length and decompressed size (see ``docs/trace-format.md``).
     """
     files = [os.fspath(paths)] if isinstance(paths, str | os.PathLike) else [os.fspath(p) for p in paths]
     if not files:
@@ -234,7 +246,10 @@ def load_pool(
     for path in files:
         if not os.path.exists(path):
             raise FileNotFoundError(f"pool file not found: {path}")
-        found = _questions_from_trace(path) if _is_trace(path) else _questions_from_pool(path, skip_bad, skipped)
+        if _is_trace(path, limits):
+            found = _questions_from_trace(path, skip_bad, skipped, limits)
+        else:
+            found = _questions_from_pool(path, skip_bad, skipped, limits)
         for q in found:
             if wanted is not None and q.dataset not in wanted:
                 continue
@@ -243,12 +258,12 @@ def load_pool(
             seen[q.id] = q.origin
             questions.append(q)
     if wanted is not None and not questions:
-        available = sorted({q.dataset for p in files for q in _peek(p)})
+        available = sorted({q.dataset for p in files for q in _peek(p, limits)})
         raise ValueError(f"no question of dataset(s) {sorted(wanted)} in {files}; datasets there: {available}")
     return Pool(questions=questions, files=files, skipped=skipped)
 
 
-def _peek(path: str) -> list[Question]:
-    if _is_trace(path):
-        return _questions_from_trace(path)
-    return _questions_from_pool(path, True, [])
+def _peek(path: str, limits: ReadLimits) -> list[Question]:
+    if _is_trace(path, limits):
+        return _questions_from_trace(path, True, [], limits)
+    return _questions_from_pool(path, True, [], limits)

@@ -1,34 +1,40 @@
-"""Trace logs: one JSON line per run event, appended and flushed as it happens.
+"""Trace logs: one JSON line per run event, appended as it happens, readable after any crash.
 
-The format (documented in ``docs/trace-format.md``) is what ``budgetctl train`` and
-``budgetctl simulate`` read back. Writing is append-only so that a crash loses at most the line
-being written; reading tolerates that torn last line and reports any other bad line with its file
-and line number.
+The format and the crash guarantee are documented in ``docs/trace-format.md``; ``budgetctl train``
+and ``budgetctl simulate`` read traces back. In short: each event is one line written by one
+``write`` call to a file opened for appending; a crash can tear only the line being written; the
+next writer to open the file ends a torn last line with :data:`TORN_MARK`, so that the events it
+appends stay readable; readers skip torn lines with a :class:`TraceWarning` naming ``file:line`` and
+refuse any other bad line with a :class:`TraceFormatError` naming ``file:line``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeAlias
 
+from ._jsonl import DEFAULT_LIMITS, ReadLimits, TraceFormatError, checked_number, iter_lines, parse_json
 from ._sample import Sample
 from ._state import Result, RunState
 
 __all__ = [
     "TRACE_SCHEMA_VERSION",
+    "TORN_MARK",
+    "MAX_TOKENS",
     "TraceWriter",
     "TraceFormatError",
+    "TraceWarning",
     "TracedRun",
+    "ReadLimits",
     "read_events",
     "read_runs",
-    "open_text",
 ]
 
 #: Version of the event format written by this release; readers refuse newer versions.
@@ -36,24 +42,20 @@ TRACE_SCHEMA_VERSION = 1
 
 EVENTS = ("start", "sample", "decision", "stop")
 
+#: What a writer appends to a torn last line (one cut short by a crash) before it writes on.
+TORN_MARK = b" <torn>\n"
+
+#: Most tokens one sample may carry in a trace or pool (a larger count is damage, refused by name).
+MAX_TOKENS = 10**12
+
+#: Deepest nesting of lists in an answer.
+MAX_ANSWER_DEPTH = 32
+
 TraceTarget: TypeAlias = "str | os.PathLike[str] | IO[str] | TraceWriter"
 
 
-class TraceFormatError(ValueError):
-    """A trace or pool file has a line that is not what it should be; names the file and line."""
-
-    def __init__(self, path: str | os.PathLike[str], line: int, message: str) -> None:
-        super().__init__(f"{os.fspath(path)}:{line}: {message}")
-        self.path = os.fspath(path)
-        self.line = line
-        self.message = message
-
-
-def open_text(path: str | os.PathLike[str]) -> IO[str]:
-    """Open a text file for reading, transparently gunzipping ``.gz`` files."""
-    if os.fspath(path).endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+class TraceWarning(UserWarning):
+    """A reader skipped a line (torn by a crash, or bad and ``skip_bad``); the message names ``file:line``."""
 
 
 def _dumps(record: Mapping[str, Any]) -> str:
@@ -76,43 +78,127 @@ def _finite(value: Any) -> Any:
 
 
 class TraceWriter:
-    """Appends trace events to a file (or any text stream), one JSON object per line, flushed per event.
+    """Appends trace events to a file (or any text stream), one JSON object per line, each written at once.
 
-    Give it a path (opened in append mode, closed by :meth:`close`) or an open text stream (left
-    open). ``fsync=True`` also forces each event to disk, for logs that must survive a power cut.
+    Give it a path (opened for appending, closed by :meth:`close`) or an open text stream (left
+    open, flushed per event). For a path, each event is encoded first and written by one ``write``
+    call, so a crash tears at most that line; a file whose last line was torn by an earlier crash is
+    first ended with :data:`TORN_MARK` (``repaired`` then holds the torn line's length in bytes), so
+    this writer's events start on a fresh line. ``fsync=True`` also forces each event to disk before
+    :meth:`write` returns, for logs that must survive a power cut or an OS crash.
+
+    A ``.gz`` path is refused: appending to a gzip stream cannot be made crash-safe. Write plain
+    ``.jsonl`` and compress it once the runs are done; every reader reads ``.jsonl.gz``.
     """
 
-    def __init__(self, target: str | os.PathLike[str] | IO[str], *, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        target: str | os.PathLike[str] | IO[str],
+        *,
+        fsync: bool = False,
+        limits: ReadLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self._file: io.FileIO | None = None
+        self._stream: IO[str] | None = None
+        #: Bytes of the torn last line this writer found and ended, or ``None`` if the file was whole.
+        self.repaired: int | None = None
         if isinstance(target, str | os.PathLike):
-            self._stream: IO[str] = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-            self._owned = True
-            self.path: str | None = os.fspath(target)
+            path = os.fspath(target)
+            if path.endswith(".gz"):
+                raise ValueError(
+                    f"{path}: traces are written uncompressed, so that a crash tears at most one line; "
+                    f"trace to {path[:-3]!r} and gzip it when the runs are done (readers read .gz)"
+                )
+            self._file = io.FileIO(path, "a+")  # O_APPEND: every write lands at the end
+            self.path: str | None = path
+            self._fsync = fsync
+            try:
+                self.repaired = _end_torn_tail(self._file, limits)
+                if self.repaired is not None and fsync:
+                    os.fsync(self._file.fileno())
+            except BaseException:
+                self._file.close()
+                raise
         elif hasattr(target, "write"):
             self._stream = target
-            self._owned = False
             self.path = getattr(target, "name", None)
         else:
             raise TypeError(f"trace must be a path, a text stream or a TraceWriter, got {target!r}")
         self._fsync = fsync
 
     def write(self, record: Mapping[str, Any]) -> None:
-        """Append one event and flush it."""
-        self._stream.write(_dumps(record) + "\n")
-        self._stream.flush()
+        """Append one event; it is in the file (on disk with ``fsync=True``) when this returns."""
+        line = _dumps(record) + "\n"
+        if self._file is None:
+            assert self._stream is not None
+            self._stream.write(line)
+            self._stream.flush()
+            if self._fsync:
+                with contextlib.suppress(OSError, io.UnsupportedOperation):
+                    os.fsync(self._stream.fileno())
+            return
+        _write_all(self._file, line.encode("utf-8"))
         if self._fsync:
-            with contextlib.suppress(OSError, io.UnsupportedOperation):
-                os.fsync(self._stream.fileno())
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         """Close the file if this writer opened it."""
-        if self._owned and not self._stream.closed:
-            self._stream.close()
+        if self._file is not None and not self._file.closed:
+            self._file.close()
 
     def __enter__(self) -> TraceWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _write_all(file: io.FileIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if not written:
+            raise OSError(f"could not write to {file.name!r}")
+        view = view[written:]
+
+
+def _end_torn_tail(file: io.FileIO, limits: ReadLimits) -> int | None:
+    """End the file's last line if a crash tore it; return its length, or ``None`` if it was whole.
+
+    A last line without its newline that parses as a JSON object is whole (only its newline is
+    missing) and gets one; anything else there is the head of a line cut short, and gets
+    :data:`TORN_MARK`, which readers recognise.
+    """
+    size = os.fstat(file.fileno()).st_size
+    if size == 0:
+        return None
+    file.seek(size - 1)
+    if file.read(1) == b"\n":
+        return None
+    parts: list[bytes] = []
+    start = size
+    found = False
+    while start > 0 and size - start <= limits.max_line_bytes:
+        step = min(1 << 20, start)
+        file.seek(start - step)
+        block = file.read(step) or b""
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            parts.append(block[newline + 1 :])
+            start -= step - newline - 1
+            found = True
+            break
+        parts.append(block)
+        start -= step
+    tail = b"".join(reversed(parts))
+    whole = False
+    if found or start == 0:
+        try:
+            whole = isinstance(json.loads(tail), dict)
+        except (ValueError, RecursionError):
+            whole = False
+    _write_all(file, b"\n" if whole else TORN_MARK)
+    return None if whole else size - start
 
 
 def sample_event(run: str, index: int, at: float, sample: Sample) -> dict[str, Any]:
@@ -172,53 +258,123 @@ def stop_event(run: str, result: Result) -> dict[str, Any]:
     }
 
 
-def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield the events of a trace file in order.
+#: Called with ``(file, line, reason)`` for each line a reader skips.
+OnSkip: TypeAlias = Callable[[str, int, str], None]
 
-    A last line without its newline that does not parse is a write torn by a crash and is skipped;
-    any other line that is not a valid event raises :class:`TraceFormatError` with file and line.
+
+def _warn(path: str, line: int, reason: str) -> None:
+    warnings.warn(TraceWarning(f"{path}:{line}: skipped: {reason}"), stacklevel=4)
+
+
+def read_events(
+    path: str | os.PathLike[str], *, skip_bad: bool = False, limits: ReadLimits = DEFAULT_LIMITS
+) -> Iterator[dict[str, Any]]:
+    """Yield the events of a trace file (``.jsonl`` or ``.jsonl.gz``) in order.
+
+    Lines torn by a crash are skipped with a :class:`TraceWarning` naming ``file:line``: a last
+    line without its newline that does not parse, and a line a later writer ended with
+    :data:`TORN_MARK`. Any other line that is not a valid event raises :class:`TraceFormatError`
+    naming ``file:line``, or, with ``skip_bad=True``, is skipped with a warning too. ``limits``
+    bounds line length and decompressed size.
     """
-    with open_text(path) as stream:
-        pending: tuple[int, str] | None = None
-        for number, line in enumerate(stream, start=1):
-            if pending is not None:
-                yield _parse_event(path, *pending)
-            pending = (number, line)
-        if pending is not None:
-            number, line = pending
-            if line.endswith("\n"):
-                yield _parse_event(path, number, line)
-            else:
-                try:
-                    yield _parse_event(path, number, line)
-                except TraceFormatError:
-                    return  # torn last write
+    return scan_events(path, skip_bad=skip_bad, limits=limits, on_skip=_warn)
 
 
-def _parse_event(path: str | os.PathLike[str], number: int, line: str) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise TraceFormatError(path, number, f"not valid JSON ({error.msg} at column {error.colno})") from None
+def scan_events(
+    path: str | os.PathLike[str],
+    *,
+    skip_bad: bool = False,
+    limits: ReadLimits = DEFAULT_LIMITS,
+    on_skip: OnSkip | None = None,
+) -> Iterator[dict[str, Any]]:
+    """:func:`read_events`, reporting each skipped line to ``on_skip`` instead of warning."""
+    for _, record in _numbered_events(os.fspath(path), skip_bad, limits, on_skip):
+        yield record
+
+
+def _numbered_events(
+    name: str, skip_bad: bool, limits: ReadLimits, on_skip: OnSkip | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    torn_mark = TORN_MARK.rstrip(b"\n")
+    for number, line, terminated in iter_lines(name, limits, skip_blank=False):
+        if line.endswith(torn_mark):
+            if on_skip is not None:
+                on_skip(name, number, f"a line torn by a crash ({len(line) - len(torn_mark)} bytes)")
+            continue
+        try:
+            record = parse_json(name, number, line)
+        except TraceFormatError as error:
+            if not terminated:
+                if on_skip is not None:
+                    on_skip(name, number, f"a last line torn by a crash ({len(line)} bytes, no newline)")
+                continue
+            if not skip_bad:
+                raise
+            if on_skip is not None:
+                on_skip(name, number, error.message)
+            continue
+        try:
+            yield number, check_event(name, number, record)
+        except TraceFormatError as error:
+            if not skip_bad:
+                raise
+            if on_skip is not None:
+                on_skip(name, number, error.message)
+
+
+def _optional_number(record: Mapping[str, Any], key: str, low: float | None, high: float | None) -> None:
+    value = record.get(key)
+    if value is not None:
+        checked_number(value, key, low=low, high=high)
+
+
+def answer_value(value: Any, name: str = "answer", depth: int = 0) -> Any:
+    """A JSON answer as a hashable value (arrays become tuples); ``ValueError`` for objects or deep nesting."""
+    if isinstance(value, list):
+        if depth >= MAX_ANSWER_DEPTH:
+            raise ValueError(f"{name} is nested deeper than {MAX_ANSWER_DEPTH} levels")
+        return tuple(answer_value(v, name, depth + 1) for v in value)
+    if isinstance(value, dict):
+        raise ValueError(f"{name} must be a string, number, array or null, got an object")
+    return value
+
+
+def check_event(path: str, line: int, record: Any) -> dict[str, Any]:
+    """``record`` if it is a valid event, else :class:`TraceFormatError` naming ``path:line``."""
     if not isinstance(record, dict):
-        raise TraceFormatError(path, number, f"expected a JSON object, got {type(record).__name__}")
+        raise TraceFormatError(path, line, f"expected a JSON object, got {type(record).__name__}")
     event = record.get("event")
     if event not in EVENTS:
-        raise TraceFormatError(path, number, f"unknown event {event!r}; expected one of {', '.join(EVENTS)}")
+        raise TraceFormatError(path, line, f"unknown event {event!r:.60}; expected one of {', '.join(EVENTS)}")
     if not isinstance(record.get("run"), str):
-        raise TraceFormatError(path, number, "missing the run id ('run')")
-    if event == "start":
-        version = record.get("v")
-        if not isinstance(version, int) or version > TRACE_SCHEMA_VERSION:
-            raise TraceFormatError(
-                path,
-                number,
-                f"trace schema version {version!r} is not supported (this release reads <= {TRACE_SCHEMA_VERSION})",
-            )
-    if event == "sample":
-        tokens = record.get("tokens")
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            raise TraceFormatError(path, number, f"sample tokens must be an int >= 0, got {tokens!r}")
+        raise TraceFormatError(path, line, "missing the run id ('run')")
+    try:
+        if event == "start":
+            version = record.get("v")
+            if isinstance(version, bool) or not isinstance(version, int) or version > TRACE_SCHEMA_VERSION:
+                raise ValueError(
+                    f"trace schema version {version!r:.40} is not supported "
+                    f"(this release reads <= {TRACE_SCHEMA_VERSION})"
+                )
+            for key in ("config", "meta"):
+                if record.get(key) is not None and not isinstance(record[key], dict):
+                    raise ValueError(f"'{key}' must be an object, got {type(record[key]).__name__}")
+        elif event == "sample":
+            tokens = record.get("tokens")
+            if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= MAX_TOKENS:
+                text = f"{tokens!r:.40}" if not isinstance(tokens, int) or abs(tokens) < 10**30 else "a huge integer"
+                raise ValueError(f"sample tokens must be an int in [0, {MAX_TOKENS:.0e}], got {text}")
+            _optional_number(record, "latency", 0.0, None)
+            _optional_number(record, "logprob", None, 0.0)
+            _optional_number(record, "confidence", 0.0, 1.0)
+            _optional_number(record, "score", None, None)
+            _optional_number(record, "cost", 0.0, None)
+            error = record.get("error")
+            if error is not None and not isinstance(error, str):
+                raise ValueError(f"'error' must be a string or null, got {type(error).__name__}")
+            answer_value(record.get("answer"))
+    except ValueError as error:
+        raise TraceFormatError(path, line, str(error)) from None
     return record
 
 
@@ -231,29 +387,40 @@ class TracedRun:
     meta: dict[str, Any] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
     stop: dict[str, Any] | None = None
+    #: Where the run was read from: ``file:line`` of its first event.
+    origin: str = ""
 
 
-def _hashable(value: Any) -> Any:
-    # JSON has no tuples: an answer logged as a tuple comes back as a list.
-    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+def read_runs(
+    path: str | os.PathLike[str], *, skip_bad: bool = False, limits: ReadLimits = DEFAULT_LIMITS
+) -> list[TracedRun]:
+    """Group a trace file's events into runs, in the order the runs started (skips as :func:`read_events`)."""
+    return collect_runs(path, skip_bad=skip_bad, limits=limits, on_skip=_warn)
 
 
-def read_runs(path: str | os.PathLike[str]) -> list[TracedRun]:
-    """Group a trace file's events into runs, in the order the runs started."""
+def collect_runs(
+    path: str | os.PathLike[str],
+    *,
+    skip_bad: bool = False,
+    limits: ReadLimits = DEFAULT_LIMITS,
+    on_skip: OnSkip | None = None,
+) -> list[TracedRun]:
+    """:func:`read_runs`, reporting each skipped line to ``on_skip`` instead of warning."""
     runs: dict[str, TracedRun] = {}
-    for record in read_events(path):
+    name = os.fspath(path)
+    for number, record in _numbered_events(name, skip_bad, limits, on_skip):
         run_id = record["run"]
         run = runs.get(run_id)
         if run is None:
-            run = runs[run_id] = TracedRun(run_id)
+            run = runs[run_id] = TracedRun(run_id, origin=f"{name}:{number}")
         event = record["event"]
         if event == "start":
             run.config = dict(record.get("config") or {})
             run.meta = dict(record.get("meta") or {})
         elif event == "sample":
-            run.samples.append(
-                Sample(
-                    answer=_hashable(record.get("answer")),
+            try:
+                sample = Sample(
+                    answer=answer_value(record.get("answer")),
                     tokens=record["tokens"],
                     latency=record.get("latency"),
                     logprob=record.get("logprob"),
@@ -262,7 +429,9 @@ def read_runs(path: str | os.PathLike[str]) -> list[TracedRun]:
                     cost=record.get("cost"),
                     error=record.get("error"),
                 )
-            )
+            except ValueError as error:  # check_event has checked every field; this is a second guard
+                raise TraceFormatError(name, number, str(error)) from None
+            run.samples.append(sample)
         elif event == "stop":
             run.stop = record
     return list(runs.values())

@@ -96,7 +96,7 @@ def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
 
 def test_negative_tokens_are_an_error(tmp_path: Path) -> None:
     path = write_pool(tmp_path / "neg.jsonl", [question("q", ["a"], "a", tokens=-3)])
-    with pytest.raises(bc.TraceFormatError, match=r"neg\.jsonl:1: samples\[0\]: tokens cannot be negative"):
+    with pytest.raises(bc.TraceFormatError, match=r"neg\.jsonl:1: samples\[0\]: tokens must be in \[0, .*\], got -3"):
         load_pool(path)
 
 

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from conftest import HANG, Replay, run_virtual
 
 import budgetctl as bc
 from budgetctl import Budget, Sample, TraceFormatError, TraceWriter, read_events, read_runs
-from budgetctl._trace import TRACE_SCHEMA_VERSION
+from budgetctl._pool import load_pool
+from budgetctl._trace import TORN_MARK, TRACE_SCHEMA_VERSION, TraceWarning
 from budgetctl.policies import MaxSamples
 
 pytestmark = pytest.mark.anyio
@@ -142,8 +144,10 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     complete = list(read_events(path))
     torn = tmp_path / "torn.jsonl"
     torn.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
-    assert list(read_events(torn)) == complete[:-1]
-    (run,) = read_runs(torn)
+    with pytest.warns(TraceWarning, match=rf"{torn}:{len(lines)}: skipped: a last line torn by a crash"):
+        assert list(read_events(torn)) == complete[:-1]
+    with pytest.warns(TraceWarning):
+        (run,) = read_runs(torn)
     assert run.stop is None and len(run.samples) == 2
 
 
@@ -161,7 +165,7 @@ def test_a_complete_last_line_without_newline_is_kept(tmp_path: Path) -> None:
         ("[1, 2, 3]\n", "expected a JSON object, got list"),
         ('{"event":"guess","run":"r1"}\n', "unknown event 'guess'"),
         ('{"event":"sample","i":0,"tokens":1}\n', "missing the run id"),
-        ('{"event":"sample","run":"r1","tokens":-4}\n', "tokens must be an int >= 0, got -4"),
+        ('{"event":"sample","run":"r1","tokens":-4}\n', "tokens must be an int in [0, 1e+12], got -4"),
         ('{"event":"sample","run":"r1","tokens":"many"}\n', "got 'many'"),
         ("\n", "not valid JSON"),
     ],
@@ -214,3 +218,78 @@ def test_read_runs_groups_events_without_a_start(tmp_path: Path) -> None:
 def test_trace_writer_rejects_what_it_cannot_write_to() -> None:
     with pytest.raises(TypeError, match="trace must be a path"):
         TraceWriter(42)  # type: ignore[arg-type]
+
+
+# -- crash tolerance: the writer ends a torn tail, readers skip torn lines and name them -------------------
+
+
+def _solve_into(path: Path, answer: str) -> None:
+    bc.solve_sync(Replay([Sample(answer=answer, tokens=2)]), trace=path, meta={"id": answer})
+
+
+def test_a_writer_ends_a_torn_tail_so_its_own_events_stay_readable(tmp_path: Path) -> None:
+    path, lines = _good_trace(tmp_path)
+    torn_at = len(lines)  # the crash cut the last event in half
+    path.write_text("".join(lines[:-1]) + lines[-1][:20])
+    with TraceWriter(path) as writer:
+        assert writer.repaired == 20
+    assert path.read_bytes().endswith(lines[-1][:20].encode() + TORN_MARK)
+    _solve_into(path, "after")  # the restarted process appends
+    with pytest.warns(TraceWarning, match=rf"{path}:{torn_at}: skipped: a line torn by a crash \(20 bytes\)"):
+        runs = read_runs(path)
+    assert [len(r.samples) for r in runs] == [2, 1] and runs[1].meta == {"id": "after"}
+    assert runs[0].stop is None and runs[1].stop is not None
+
+
+def test_a_whole_last_line_missing_its_newline_gets_one_and_is_kept(tmp_path: Path) -> None:
+    path, lines = _good_trace(tmp_path)
+    path.write_text("".join(lines).rstrip("\n"))
+    with TraceWriter(path) as writer:
+        assert writer.repaired is None
+    assert path.read_text() == "".join(lines)  # a newline, no mark
+    _solve_into(path, "b")
+    assert [r.meta.get("id") for r in read_runs(path)] == [None, "b"]
+
+
+def test_a_malformed_middle_line_is_an_error_or_skipped_with_skip_bad(tmp_path: Path) -> None:
+    _, lines = _good_trace(tmp_path)
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("".join(lines[:2]) + '{"event":"sample","run":"x"\n' + "".join(lines[2:]))
+    with pytest.raises(TraceFormatError, match=rf"{damaged}:3: not valid JSON"):
+        read_runs(damaged)
+    with pytest.warns(TraceWarning, match=rf"{damaged}:3: skipped: not valid JSON"):
+        (run,) = read_runs(damaged, skip_bad=True)
+    assert len(run.samples) == 2
+    pool = load_pool(damaged, skip_bad=True)
+    assert pool.skipped == [(str(damaged), 3, "not valid JSON (Expecting ',' delimiter at column 28)")]
+
+
+def test_load_pool_skips_torn_lines_and_records_them(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    _solve_into(path, "a")
+    data = path.read_bytes()
+    path.write_bytes(data[:-7])  # the stop event, torn
+    with TraceWriter(path):
+        pass
+    _solve_into(path, "b")
+    with pytest.warns(TraceWarning, match="torn by a crash"):
+        pool = load_pool(path)
+    assert [q.id for q in pool.questions] == ["a", "b"]
+    last = len(data.splitlines())
+    assert [(line, "torn by a crash" in reason) for _, line, reason in pool.skipped] == [(last, True)]
+
+
+def test_gzip_traces_are_refused_with_a_reason(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"x\.jsonl\.gz: traces are written uncompressed.*x\.jsonl' and gzip it"):
+        bc.solve_sync(Replay([Sample(answer="a")]), trace=str(tmp_path / "x.jsonl.gz"))
+    assert not (tmp_path / "x.jsonl.gz").exists()
+
+
+def test_fsync_per_event_writes_the_same_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "durable.jsonl"
+    with TraceWriter(path, fsync=True) as writer:
+        bc.solve_sync(Replay([Sample(answer="a"), Sample(answer="a")]), trace=writer, policy=MaxSamples(2))
+    assert len(synced) == len(path.read_text().splitlines()) == 6  # one per event

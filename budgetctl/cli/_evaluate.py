@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
+
+from .._files import OutputError, atomic_path, atomic_write, check_outputs
 
 __all__ = ["register"]
 
@@ -39,6 +42,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--skip-bad", action="store_true", help="skip malformed pool lines (and report them)")
     parser.add_argument("--plot", metavar="PNG", help="draw the reliability diagram to this PNG (budgetctl[plot])")
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON ('-' for stdout)")
+    parser.add_argument(
+        "--force", action="store_true", help="replace existing --json/--plot files (an input is never replaced)"
+    )
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU)")
     parser.set_defaults(func=run)
 
@@ -67,6 +73,15 @@ def run(args: argparse.Namespace) -> int:
     for flag, number in (("--orders", args.orders), ("--feature-orders", args.feature_orders)):
         if number < 1:
             raise UsageError(f"{flag} must be >= 1, got {number}")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    inputs = list(args.pools)
+    if os.path.isdir(args.policy):  # a trained policy's files are inputs too
+        inputs += [entry.path for entry in os.scandir(args.policy)]
+    try:
+        check_outputs([("--json", args.json), ("--plot", args.plot)], inputs=inputs, force=args.force)
+    except OutputError as error:
+        raise UsageError(str(error)) from None
     from .._pool import load_pool
     from ..learn._evaluate import decision_report, find_learned, gain_report, plot_reliability
     from ..policies import parse_policy
@@ -105,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         report["value"] = learned.resolved_value()
         report["gains"] = gain_report(learned, rows)
         if args.plot:
-            plot_reliability(report["gains"], args.plot, title=f"{args.policy} on {', '.join(pool.datasets)}")
+            with atomic_path(args.plot) as partial:
+                plot_reliability(report["gains"], partial, title=f"{args.policy} on {', '.join(pool.datasets)}")
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -117,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if "gains" in report:
         print(format_gains(report["gains"]))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump(report, stream, indent=2)
+        atomic_write(args.json, json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     if args.plot and learned is not None:
         print(f"wrote {args.plot}")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import sys
 from typing import Any
 
 from .._budget import Budget
+from .._files import OutputError, atomic_path, atomic_write, check_outputs
 from .._pool import demo_pool_path
 from ..sim import LatencyModel, simulate
 from ..sim._report import format_table, plot_frontier, sweep_specs
@@ -77,6 +80,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--plot", metavar="PNG", help="draw accuracy against cost to this PNG (needs budgetctl[plot])")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
+    parser.add_argument(
+        "--force", action="store_true", help="replace existing --json/--plot files (an input is never replaced)"
+    )
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU)")
     parser.add_argument(
         "--scheduler",
@@ -149,15 +155,47 @@ def _run_scheduler(args: argparse.Namespace, pools: list[str], latency: LatencyM
         return 0
     print(result.table())
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump(result.to_dict(), stream, indent=2)
+        atomic_write(args.json, json.dumps(result.to_dict(), indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def check_arguments(args: argparse.Namespace, pools: list[str]) -> None:
+    """Refuse bad values and unsafe outputs by flag name, before any pool is read or any work starts."""
+    from . import UsageError
+
+    if args.deadline is not None and not (math.isfinite(args.deadline) and args.deadline > 0):
+        raise UsageError(f"--deadline must be a positive number of seconds, got {args.deadline}")
+    for flag, count in (
+        ("--orders", args.orders),
+        ("--sweep-points", args.sweep_points),
+        ("--concurrency", args.concurrency),
+        ("--jobs", args.jobs),
+    ):
+        if count is not None and count < 1:
+            raise UsageError(f"{flag} must be >= 1, got {count}")
+    for flag, amount in (
+        ("--ttft-ms", args.ttft_ms),
+        ("--ms-per-token", args.ms_per_token),
+        ("--price-per-1k", args.price_per_1k),
+        ("--budget-samples", args.budget_samples),
+        ("--budget-tokens", args.budget_tokens),
+        ("--budget-per-question", args.budget_per_question),
+    ):
+        if amount is not None and not (math.isfinite(amount) and amount >= 0):
+            raise UsageError(f"{flag} must be a number >= 0, got {amount}")
+    try:
+        check_outputs([("--json", args.json), ("--plot", args.plot)], inputs=pools, force=args.force)
+    except OutputError as error:
+        raise UsageError(str(error)) from None
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib: pip install 'budgetctl[plot]'")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the simulation the arguments describe; print the table and write the files."""
     pools = args.pools or [demo_pool_path()]
+    check_arguments(args, pools)
     if args.scheduler is None and args.budget_per_question is not None:
         raise UsageError("--budget-per-question needs --scheduler (e.g. --scheduler slots=8)")
     policies = args.policy or ([] if args.sweep else list(DEFAULT_POLICIES))
@@ -167,8 +205,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.scheduler is not None:
         return _run_scheduler(args, pools, latency)
-    if args.price_per_1k < 0:
-        raise UsageError(f"--price-per-1k cannot be negative, got {args.price_per_1k}")
     budget = Budget(samples=args.budget_samples, tokens=args.budget_tokens)
     result = simulate(
         pools,
@@ -192,11 +228,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(result))
         if args.json:
-            with open(args.json, "w", encoding="utf-8") as stream:
-                json.dump(result.to_dict(), stream, indent=2)
+            atomic_write(args.json, json.dumps(result.to_dict(), indent=2))
             print(f"wrote {args.json}")
     if args.plot:
-        plot_frontier(result, args.plot)
+        with atomic_path(args.plot) as partial:
+            plot_frontier(result, partial)
         if args.json != "-":
             print(f"wrote {args.plot}")
     return 0

@@ -27,6 +27,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("pools", nargs="+", metavar="POOL", help="sample-pool files or solve trace logs")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write the policy to")
+    parser.add_argument("--force", action="store_true", help="replace an existing -o directory")
     parser.add_argument(
         "--value",
         default="auto",
@@ -113,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
     for flag, number in (("--eval-orders", args.eval_orders), ("--orders", args.orders)):
         if number < 1:
             raise UsageError(f"{flag} must be >= 1, got {number}")
+    from .._files import OutputError, check_output_directory
+
+    try:
+        check_output_directory(args.output, inputs=args.pools, force=args.force, flag="-o")
+    except OutputError as error:
+        raise UsageError(str(error)) from None
     from .._pool import Pool, load_pool
     from ..learn import LearnedStop
     from ..learn._evaluate import decision_report, gain_report
