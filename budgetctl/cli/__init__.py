@@ -17,7 +17,7 @@ from .._version import __version__
 __all__ = ["main", "build_parser", "UsageError"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("simulate", "train", "evaluate", "serve", "ask")
+COMMANDS = ("simulate", "train", "evaluate", "serve", "ask", "proxy")
 
 
 class UsageError(Exception):

@@ -314,13 +314,14 @@ def server_config(
     limits: ServerLimits | None = None,
     log_level: str = "info",
     purpose: str = "the replay server (budgetctl serve)",
+    lifespan: str = "off",
 ) -> Any:
     """A ``uvicorn.Config`` for ``app`` with every limit of ``limits`` (the app itself is not wrapped).
 
     h11 with the hardened protocol, ``limits.keep_alive_timeout`` for idle keep-alive connections,
     ``limits.max_header_bytes`` for a request head, and uvicorn's ``limit_concurrency`` just above
     the connection cap (the eviction keeps connections at the cap, so requests are not refused 503
-    for idle neighbours; tasks stay bounded).
+    for idle neighbours; tasks stay bounded). ``lifespan="on"`` for an app with startup and shutdown.
     """
     uvicorn = import_optional("uvicorn", "serve", purpose)
     limits = limits or ServerLimits()
@@ -330,7 +331,7 @@ def server_config(
         port=port,
         log_level=log_level,
         access_log=False,
-        lifespan="off",
+        lifespan=lifespan,
         ws="none",
         http=_protocol_class(limits),
         loop="asyncio",

@@ -44,7 +44,9 @@ S = TypeVar("S", bound=Servable)
 
 
 def _config(server: Servable, host: str, port: int, log_level: str) -> Any:
-    return server_config(server.app, host=host, port=port, limits=server.limits, log_level=log_level)
+    # An app with startup and shutdown work (the proxy's scheduler) says so with ``lifespan = "on"``.
+    lifespan = str(getattr(server, "lifespan", "off"))
+    return server_config(server.app, host=host, port=port, limits=server.limits, log_level=log_level, lifespan=lifespan)
 
 
 def run_server(server: Servable, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
