@@ -27,7 +27,7 @@ from .._version import __version__
 __all__ = ["main", "build_parser", "UsageError", "is_user_error"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("simulate", "train", "evaluate", "serve", "ask", "doctor")
+COMMANDS = ("simulate", "train", "evaluate", "serve", "ask", "proxy", "doctor")
 #: Exit status of an internal error (sysexits' EX_SOFTWARE).
 EXIT_BUG = 70
 

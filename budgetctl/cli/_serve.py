@@ -39,6 +39,9 @@ def register(subparsers: Any) -> None:
         default="cycle",
         help="when a question's samples are all served: reshuffle them (cycle) or answer 410 (error)",
     )
+    from ..serve._limits import add_limit_arguments
+
+    add_limit_arguments(parser)
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(func=_run)
 
@@ -52,7 +55,10 @@ def _run(args: argparse.Namespace) -> int:
         if not value >= 0:
             raise UsageError(f"{flag} must be >= 0, got {value}")
     from ..serve import ReplayServer, run_server
+    from ..serve._limits import limits_from_arguments
     from ..serve._run import is_loopback
+
+    limits = limits_from_arguments(args)
 
     server = ReplayServer(
         args.pool,
@@ -62,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         model=args.model,
         exhaust=args.exhaust,
         datasets=args.dataset,
+        limits=limits,
     )
     if not is_loopback(args.host):
         print(f"budgetctl serve: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)

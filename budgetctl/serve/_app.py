@@ -14,6 +14,7 @@ import anyio
 
 from .._optional import import_optional
 from .._pool import Pool, Question, load_pool
+from ._limits import JSONLimitError, LimitedApp, ServerLimits, loads_json
 from ._replay import (
     Decks,
     QuestionIndex,
@@ -145,6 +146,7 @@ class ReplayServer:
         model: str = "replay",
         exhaust: Literal["cycle", "error"] = "cycle",
         datasets: Sequence[str] | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         for name, value in (("ttft_ms", ttft_ms), ("ms_per_token", ms_per_token)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
@@ -163,7 +165,9 @@ class ReplayServer:
         self.ttft = ttft_ms / 1000.0
         self.per_token = ms_per_token / 1000.0
         self._chains: dict[str, list[Hashable]] = {}
-        self.app = Starlette(
+        #: What one client may ask: body size, JSON shape, connections (see :mod:`budgetctl.serve._limits`).
+        self.limits = limits or ServerLimits()
+        self.routes = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/completions", self._text, methods=["POST"]),
@@ -173,6 +177,8 @@ class ReplayServer:
                 Route("/health", self._health, methods=["GET"]),
             ]
         )
+        #: The ASGI app: the routes behind the body limits.
+        self.app = LimitedApp(self.routes, self.limits)
 
     def __repr__(self) -> str:
         return (
@@ -202,9 +208,9 @@ class ReplayServer:
         raw = await request.body()
         if raw.strip():
             try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                return _error(400, f"the request body is not valid JSON: {error}")
+                body = loads_json(raw, self.limits)
+            except JSONLimitError as error:
+                return _error(400, str(error))
             seed = body.get("seed") if isinstance(body, dict) else None
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
                 return _error(400, f"'seed' must be an integer, got {seed!r}", "seed")
@@ -235,9 +241,9 @@ class ReplayServer:
                 stats.disconnected += 1
                 return Response(status_code=499)  # never sent: nobody is listening
             try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise _BadRequest(f"the request body is not valid JSON: {error}") from None
+                body = loads_json(raw, self.limits)
+            except JSONLimitError as error:
+                raise _BadRequest(str(error)) from None
             params = _parse(body, chat)
         except _BadRequest as error:
             stats.rejected += 1

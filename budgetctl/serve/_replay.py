@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from .._pool import Question
 from .._sample import Sample
+from ._limits import BytesLRU
 
 __all__ = [
     "ServerStats",
@@ -170,18 +171,20 @@ class QuestionIndex:
     """Finds the pool question a prompt asks: the longest question text contained in it.
 
     An exact match is found in O(1); otherwise every question text is searched for (fast enough
-    for pools of thousands), and the result is cached. Several questions with the same text (Game
-    of 24 under two prompts) are told apart by dataset when the request's ``model`` names one;
-    otherwise the first in file order answers.
+    for pools of thousands), and the result is cached (at most ``cache_bytes`` of prompts). Several
+    questions with the same text (Game of 24 under two prompts) are told apart by dataset when the
+    request's ``model`` names one; otherwise the first in file order answers.
     """
 
-    def __init__(self, questions: Iterable[Question]) -> None:
+    def __init__(self, questions: Iterable[Question], *, cache_bytes: int = 4 << 20) -> None:
         self.questions = [q for q in questions if q.text.strip()]
         self._exact: dict[str, list[Question]] = {}
         for q in self.questions:
             self._exact.setdefault(q.text.strip(), []).append(q)
         self._by_length = sorted(self._exact, key=len, reverse=True)
-        self._cache: dict[str, str | None] = {}
+        # Prompts that are no question's exact text, and what they matched: bounded by bytes, so
+        # clients sending large unmatched prompts cannot grow the server.
+        self._cache: BytesLRU[str, str | None] = BytesLRU(cache_bytes)
 
     @property
     def duplicates(self) -> int:
@@ -193,11 +196,9 @@ class QuestionIndex:
         if key in self._exact:
             return key
         if key in self._cache:
-            return self._cache[key]
+            return self._cache.get(key)
         found = next((text for text in self._by_length if text in prompt), None)
-        if len(self._cache) > 4096:
-            self._cache.clear()
-        self._cache[key] = found
+        self._cache.put(key, found)
         return found
 
     def find(self, prompts: Sequence[str], model: str = "") -> Question | None:

@@ -1,4 +1,8 @@
-"""Running the replay server: in the foreground (the CLI), or in a background thread (tests, benchmarks)."""
+"""Running the replay server (or the proxy): in the foreground (the CLI), or in a background thread (tests, benchmarks).
+
+Anything with an ASGI ``app`` and its :class:`~budgetctl.serve._limits.ServerLimits` as ``limits`` runs here,
+always with those limits.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from .._optional import import_optional
-from ._app import ReplayServer
+from ._limits import ASGIApp, ServerLimits, server_config
 
 __all__ = ["RunningServer", "serve_in_thread", "run_server", "is_loopback"]
 
@@ -26,34 +30,37 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _config(server: ReplayServer, host: str, port: int, log_level: str) -> Any:
-    uvicorn = import_optional("uvicorn", "serve", "the replay server (budgetctl serve)")
-    return uvicorn.Config(
-        server.app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        lifespan="off",
-        ws="none",
-        http="h11",
-        loop="asyncio",
-        timeout_graceful_shutdown=2,
-    )
+class Servable(Protocol):
+    """What the runners serve: an ASGI app and the limits it runs under."""
+
+    @property
+    def app(self) -> ASGIApp: ...
+
+    @property
+    def limits(self) -> ServerLimits: ...
 
 
-def run_server(server: ReplayServer, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+S = TypeVar("S", bound=Servable)
+
+
+def _config(server: Servable, host: str, port: int, log_level: str) -> Any:
+    # An app with startup and shutdown work (the proxy's scheduler) says so with ``lifespan = "on"``.
+    lifespan = str(getattr(server, "lifespan", "off"))
+    return server_config(server.app, host=host, port=port, limits=server.limits, log_level=log_level, lifespan=lifespan)
+
+
+def run_server(server: Servable, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Serve ``server`` until interrupted (Ctrl-C), in the foreground."""
     uvicorn = import_optional("uvicorn", "serve", "the replay server (budgetctl serve)")
     uvicorn.Server(_config(server, host, port, log_level)).run()
 
 
 @dataclass(frozen=True)
-class RunningServer:
-    """A replay server running in a background thread (from :func:`serve_in_thread`)."""
+class RunningServer(Generic[S]):
+    """A server running in a background thread (from :func:`serve_in_thread`)."""
 
-    #: The server; read ``server.stats`` for what it has seen.
-    server: ReplayServer
+    #: The server (a :class:`ReplayServer`: read ``server.stats`` for what it has seen).
+    server: S
     #: Host it listens on.
     host: str
     #: Port it listens on (the one picked, when port 0 was asked for).
@@ -67,13 +74,13 @@ class RunningServer:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    server: ReplayServer,
+    server: S,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
     startup_timeout: float = 10.0,
     log_level: str = "warning",
-) -> Iterator[RunningServer]:
+) -> Iterator[RunningServer[S]]:
     """Run ``server`` with uvicorn in a daemon thread for the ``with`` block; port 0 picks a free port.
 
     Waits (at most ``startup_timeout`` seconds) until the socket is listening, and raises
@@ -90,17 +97,17 @@ def serve_in_thread(
         except BaseException as error:  # SystemExit from a failed bind included
             failure.append(error)
 
-    thread = threading.Thread(target=target, name=f"budgetctl replay server {host}:{port}", daemon=True)
+    thread = threading.Thread(target=target, name=f"budgetctl server {host}:{port}", daemon=True)
     thread.start()
     limit = time.monotonic() + startup_timeout
     while not runner.started:
         if not thread.is_alive():
             reason = f": {failure[0]!r}" if failure else ""
-            raise RuntimeError(f"the replay server could not start on {host}:{port}{reason} (see the log above)")
+            raise RuntimeError(f"the server could not start on {host}:{port}{reason} (see the log above)")
         if time.monotonic() > limit:
             runner.should_exit = True
             thread.join(timeout=5)
-            raise RuntimeError(f"the replay server did not start within {startup_timeout} s on {host}:{port}")
+            raise RuntimeError(f"the server did not start within {startup_timeout} s on {host}:{port}")
         time.sleep(0.005)
     bound = runner.servers[0].sockets[0].getsockname()[1] if port == 0 else port
     try:
