@@ -3,6 +3,7 @@ and the report's wording for the cases that used to mislead (more samples, beyon
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from pathlib import Path
@@ -119,8 +120,8 @@ def test_the_demo_sweep_merges_equal_thresholds(tmp_path: Path, capsys: pytest.C
 def test_sweep_spacing_follows_where_results_change() -> None:
     thresholds = [float(s.partition("=")[2]) for s in sweep_specs("ac:threshold=0.5..0.99", 10)]
     assert thresholds[0] == 0.5 and thresholds[-1] == 0.99 and thresholds == sorted(thresholds)
-    gaps = [b - a for a, b in zip(thresholds, thresholds[1:], strict=False)]
-    assert all(later < earlier for earlier, later in zip(gaps, gaps[1:], strict=False))  # denser towards 1
+    gaps = [b - a for a, b in itertools.pairwise(thresholds)]
+    assert all(later < earlier for earlier, later in itertools.pairwise(gaps))  # denser towards 1
     assert sweep_specs("fixed:n=1..40", 8) == [f"fixed:n={n}" for n in (1, 2, 3, 5, 8, 14, 24, 40)]
     assert sweep_specs("fixed:n=1..4", 10) == ["fixed:n=1", "fixed:n=2", "fixed:n=3", "fixed:n=4"]
     assert sweep_specs("stable:k=2..4", 3) == ["stable:k=2", "stable:k=3", "stable:k=4"]
