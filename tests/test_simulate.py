@@ -14,7 +14,7 @@ from budgetctl._pool import load_pool
 from budgetctl.cli import main
 from budgetctl.policies import AdaptiveConsistency, MaxSamples, PolicySpecError
 from budgetctl.sim import LatencyModel, simulate
-from budgetctl.sim._report import format_table, sweep_specs
+from budgetctl.sim._report import format_table
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 
@@ -143,14 +143,6 @@ def test_deadline_accuracy_needs_time(pool: Path) -> None:
     assert 0 < at["1"] <= at["10"]
     with pytest.raises(ValueError, match="timed latency model"):
         simulate(pool, ["fixed:n=8"], orders=2, deadline=1.0)
-
-
-def test_sweep_specs() -> None:
-    assert sweep_specs("ac:threshold=0.5..0.9", 5) == [f"ac:threshold={v}" for v in ("0.5", "0.6", "0.7", "0.8", "0.9")]
-    assert sweep_specs("fixed:n=1..4", 10) == ["fixed:n=1", "fixed:n=2", "fixed:n=3", "fixed:n=4"]
-    assert sweep_specs("ac:criterion=dirichlet,threshold=0.8..0.9", 2)[0] == "ac:criterion=dirichlet,threshold=0.8"
-    with pytest.raises(ValueError, match="exactly one"):
-        sweep_specs("ac:threshold=0.9", 3)
 
 
 def test_unknown_policy_lists_close_matches(pool: Path) -> None:

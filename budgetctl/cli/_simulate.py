@@ -10,10 +10,11 @@ import sys
 from typing import Any
 
 from .._budget import Budget
-from .._files import OutputError, atomic_path, atomic_write, check_outputs
-from .._pool import demo_pool_path
+from .._files import OutputError, atomic_write, check_outputs
+from .._pool import Pool, demo_pool_path, load_pool
 from ..sim import LatencyModel, simulate
-from ..sim._report import format_table, plot_frontier, sweep_specs
+from ..sim._plot import deadline_plot_path
+from ..sim._report import dataset_label, format_table, merge_sweeps, plot_allocation, plot_frontier, sweep_specs
 from . import UsageError
 
 #: What runs when no --policy is given.
@@ -50,7 +51,13 @@ def register(subparsers: Any) -> None:
         metavar="SPEC",
         help="trace a frontier: one key as LOW..HIGH, e.g. ac:threshold=0.5..0.99; repeatable",
     )
-    parser.add_argument("--sweep-points", type=int, default=10, metavar="N", help="points per sweep (default 10)")
+    parser.add_argument(
+        "--sweep-points",
+        type=int,
+        default=10,
+        metavar="N",
+        help="policies tried per sweep (default 10), spaced where results change; equal results are merged",
+    )
     parser.add_argument("--orders", type=int, default=200, help="random draw orders per question (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the orders (default 0)")
     parser.add_argument(
@@ -78,7 +85,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--price-per-1k", type=float, default=0.002, metavar="USD", help="dollars per 1,000 tokens (default 0.002)"
     )
-    parser.add_argument("--plot", metavar="PNG", help="draw accuracy against cost to this PNG (needs budgetctl[plot])")
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="draw accuracy against cost to this PNG, and accuracy by deadline to PNG's -deadlines twin with a "
+        "latency model; with --scheduler, the allocations compared (needs budgetctl[plot])",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
     parser.add_argument(
         "--force", action="store_true", help="replace existing --json/--plot files (an input is never replaced)"
@@ -129,11 +141,15 @@ def _scheduler_options(text: str) -> dict[str, int]:
     return options
 
 
-def _run_scheduler(args: argparse.Namespace, pools: list[str], latency: LatencyModel) -> int:
+def _run_scheduler(args: argparse.Namespace, pools: Pool, latency: LatencyModel) -> int:
     from ..sched import simulate_shared_budget
 
     if len(args.policy) > 1 or args.sweep:
-        raise UsageError("--scheduler takes at most one --policy (each request's own stop policy) and no --sweep")
+        raise UsageError(
+            "--scheduler takes at most one --policy (each request's own stop policy in the shared rows, "
+            f"e.g. --policy ac:threshold=0.95) and no --sweep; got {len(args.policy)} --policy and "
+            f"{len(args.sweep)} --sweep"
+        )
     options = _scheduler_options(args.scheduler)
     result = simulate_shared_budget(
         pools,
@@ -146,17 +162,24 @@ def _run_scheduler(args: argparse.Namespace, pools: list[str], latency: LatencyM
         policy=args.policy[0] if args.policy else None,
         latency=latency,
         deadline=args.deadline,
-        datasets=args.dataset,
-        skip_bad=args.skip_bad,
     )
     if args.json == "-":
         json.dump(result.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     print(result.table())
+    print(
+        f"(stop policy of each request in the shared rows: {args.policy[0]}; the uniform, independent and "
+        "oracle rows do not use it)"
+        if args.policy
+        else "(no --policy: in the shared rows a request stops only when the budget, its pool or its deadline does)"
+    )
     if args.json:
         atomic_write(args.json, json.dumps(result.to_dict(), indent=2))
         print(f"wrote {args.json}")
+    if args.plot:
+        plot_allocation(result, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -185,7 +208,10 @@ def check_arguments(args: argparse.Namespace, pools: list[str]) -> None:
         if amount is not None and not (math.isfinite(amount) and amount >= 0):
             raise UsageError(f"{flag} must be a number >= 0, got {amount}")
     try:
-        check_outputs([("--json", args.json), ("--plot", args.plot)], inputs=pools, force=args.force)
+        plots = [("--plot", args.plot)]
+        if args.plot and (args.ttft_ms or args.ms_per_token):  # the accuracy-by-deadline twin is written too
+            plots.append(("--plot", str(deadline_plot_path(args.plot))))
+        check_outputs([("--json", args.json), *plots], inputs=pools, force=args.force)
     except OutputError as error:
         raise UsageError(str(error)) from None
     if args.plot and importlib.util.find_spec("matplotlib") is None:
@@ -203,11 +229,18 @@ def run(args: argparse.Namespace) -> int:
     latency = LatencyModel(
         ttft=args.ttft_ms / 1000.0, per_token=args.ms_per_token / 1000.0, concurrency=args.concurrency
     )
+    if args.deadline is not None and not latency.timed:
+        raise UsageError(
+            f"--deadline {args.deadline:g} needs a latency model, or every sample takes no time: add --ttft-ms "
+            "and/or --ms-per-token (e.g. --ttft-ms 80 --ms-per-token 15), or drop --deadline"
+        )
+    loaded = load_pool(pools, datasets=args.dataset, skip_bad=args.skip_bad)
+    _warn_without_gold(loaded)
     if args.scheduler is not None:
-        return _run_scheduler(args, pools, latency)
+        return _run_scheduler(args, loaded, latency)
     budget = Budget(samples=args.budget_samples, tokens=args.budget_tokens)
     result = simulate(
-        pools,
+        loaded,
         policies,
         sweeps=sweeps,
         orders=args.orders,
@@ -217,11 +250,10 @@ def run(args: argparse.Namespace) -> int:
         deadline=args.deadline,
         deadlines=_deadlines(args.deadlines),
         price_per_token=args.price_per_1k / 1000.0,
-        datasets=args.dataset,
-        skip_bad=args.skip_bad,
         jobs=args.jobs,
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
     )
+    result = merge_sweeps(result)
     if args.json == "-":
         json.dump(result.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -231,8 +263,26 @@ def run(args: argparse.Namespace) -> int:
             atomic_write(args.json, json.dumps(result.to_dict(), indent=2))
             print(f"wrote {args.json}")
     if args.plot:
-        with atomic_path(args.plot) as partial:
-            plot_frontier(result, partial)
+        written = plot_frontier(result, args.plot)
         if args.json != "-":
-            print(f"wrote {args.plot}")
+            for path in written:
+                print(f"wrote {path}")
     return 0
+
+
+def _warn_without_gold(pool: Pool) -> None:
+    """Say on stderr which datasets have no right answer to score against (trace logs of live runs, say).
+
+    Questions may lack a right answer one by one (a Game of 24 puzzle no sample solved); a dataset
+    where none has one was written without gold answers, and its accuracy of 0 means nothing.
+    """
+    for dataset, questions in pool.by_dataset().items():
+        if any(q.correct_keys for q in questions):
+            continue
+        print(
+            f"budgetctl simulate: note: dataset {dataset_label(dataset)!r} ({questions[0].origin.rsplit(':', 1)[0]}, "
+            f"{len(questions)} questions) has no gold answers, so its accuracy reads 0; costs and stop reasons are "
+            "still right. A trace of live runs (`budgetctl ask`, solve(trace=...)) carries a gold answer only "
+            "where meta={'gold': ...} was given.",
+            file=sys.stderr,
+        )

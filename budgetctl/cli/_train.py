@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_decisions(report: dict[str, Any]) -> str:
     """A plain-text table of a decision report."""
+    from ..sim._report import more_or_fewer
     lines = []
     for entry in report["datasets"]:
         unit = entry["cost"]
@@ -181,7 +182,7 @@ def format_decisions(report: dict[str, Any]) -> str:
             lines.append(f"  {label:<22} {row['accuracy']:>9.4f} {row['mean_samples']:>8.2f} {tokens:>8}")
         saving = entry["savings_vs_cheaper_default"]
         lines.append(
-            f"  -> {'n/a' if saving is None else f'{saving:.1%}'} fewer {unit} than {entry['cheaper_default']}, "
+            f"  -> {more_or_fewer(saving, unit)} than {entry['cheaper_default']}, "
             f"accuracy {-entry['loss_vs_full_pool'] * 100:+.2f} points against the full pool"
         )
     return "\n".join(lines)

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
-import os
 import re
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
-from .._optional import import_optional
+from ._plot import plot_allocation, plot_frontier
 from ._simulate import DatasetResult, PolicyResult, SimulationResult
 
-__all__ = ["format_table", "plot_frontier", "sweep_specs"]
+__all__ = [
+    "format_table",
+    "plot_frontier",
+    "plot_allocation",
+    "sweep_specs",
+    "merge_sweeps",
+    "dataset_label",
+    "more_or_fewer",
+]
 
 _RANGE = re.compile(r"^(?P<low>[-+0-9.eE]+)\.\.(?P<high>[-+0-9.eE]+)$")
 
 
 def sweep_specs(spec: str, points: int = 10) -> list[str]:
-    """Expand a sweep spec with one ``key=LOW..HIGH`` range into ``points`` policy specs.
+    """Expand a sweep spec with one ``key=LOW..HIGH`` range into at most ``points`` policy specs.
 
-    ``ac:threshold=0.5..0.99`` gives ten thresholds evenly spaced from 0.5 to 0.99; integer bounds
-    (``fixed:n=1..40``) give distinct integers.
+    The values are spaced where results change, not evenly: a threshold in [0, 1) that approaches 1
+    (``ac:threshold=0.5..0.99``) is spaced evenly in ``log(1 - x)`` (0.5, 0.68, 0.79, ..., 0.99),
+    because each step closer to 1 asks for about as many more samples as the last; positive bounds
+    a decade or more apart (``fixed:n=1..40``, ``max-tokens:n=100..10000``) are spaced evenly in
+    ``log x``; other ranges evenly. Integer bounds give distinct integers, so fewer than ``points``
+    where the range is short.
     """
     if points < 2:
         raise ValueError(f"a sweep needs at least 2 points, got {points}")
@@ -37,10 +48,15 @@ def sweep_specs(spec: str, points: int = 10) -> list[str]:
     low_text, high_text = match["low"], match["high"]
     integral = all(re.fullmatch(r"[-+]?\d+", t) for t in (low_text, high_text))
     low, high = float(low_text), float(high_text)
+    if not (np.isfinite(low) and np.isfinite(high)) or low == high:
+        raise ValueError(f"sweep {spec!r}: LOW and HIGH must be two different finite numbers")
+    grid = _spacing(low, high, points)
     if integral:
-        values: list[str] = [str(v) for v in sorted({round(x) for x in np.linspace(low, high, points)})]
+        values: list[str] = [str(v) for v in dict.fromkeys(round(x) for x in grid)]
     else:
-        values = [f"{x:.6g}" for x in np.linspace(low, high, points)]
+        # The fewest significant digits that keep the values apart (0.79, not 0.790384).
+        digits = next((d for d in range(3, 8) if len({f"{x:.{d}g}" for x in grid}) == len(grid)), 8)
+        values = list(dict.fromkeys(f"{x:.{digits}g}" for x in grid))
     specs = []
     for value in values:
         parts = list(items)
@@ -49,14 +65,98 @@ def sweep_specs(spec: str, points: int = 10) -> list[str]:
     return specs
 
 
+def _spacing(low: float, high: float, points: int) -> np.ndarray:
+    """``points`` values from ``low`` to ``high``, denser where a stop policy's results change faster."""
+    lo, hi = min(low, high), max(low, high)
+    if lo >= 0.0 and hi < 1.0 and (1.0 - lo) >= 4.0 * (1.0 - hi):
+        grid = 1.0 - np.geomspace(1.0 - lo, 1.0 - hi, points)  # thresholds approaching 1
+    elif lo > 0.0 and hi >= 10.0 * lo:
+        grid = np.geomspace(lo, hi, points)  # a scale spanning decades
+    else:
+        grid = np.linspace(lo, hi, points)
+    grid[0], grid[-1] = lo, hi  # exact bounds, free of rounding
+    return grid if low <= high else grid[::-1]
+
+
+def merge_sweeps(result: SimulationResult) -> SimulationResult:
+    """The same result with each sweep's points of identical outcome merged into one row.
+
+    Points of one sweep that gave the same accuracy, samples and tokens (a threshold the policy
+    cannot tell from the next) become one row named by the range they cover, e.g.
+    ``ac:threshold=0.5..0.68``, so that tables and plots show each distinct result once.
+    """
+    datasets = [_merge_dataset(d) for d in result.datasets]
+    if len(result.datasets) == 1 and result.overall is result.datasets[0]:
+        overall = datasets[0]
+    else:
+        overall = _merge_dataset(result.overall)
+    return replace(result, datasets=datasets, overall=overall)
+
+
+def _merge_dataset(dataset: DatasetResult) -> DatasetResult:
+    rows: list[PolicyResult] = []
+    runs: dict[tuple[str, float, float, float | None], int] = {}  # outcome -> index in rows
+    firsts: dict[int, str] = {}
+    for row in dataset.rows:
+        if row.kind != "sweep":
+            rows.append(row)
+            continue
+        outcome = (row.group, row.accuracy, row.mean_samples, row.mean_tokens)
+        if outcome not in runs:
+            runs[outcome] = len(rows)
+            firsts[len(rows)] = row.policy
+            rows.append(row)
+            continue
+        at = runs[outcome]
+        rows[at] = replace(rows[at], policy=_span(firsts[at], row.policy))
+    return replace(dataset, rows=rows)
+
+
+def _span(first: str, last: str) -> str:
+    """``ac:threshold=0.5`` and ``ac:threshold=0.68`` -> ``ac:threshold=0.5..0.68``."""
+    name, _, rest = first.partition(":")
+    a, b = rest.split(","), last.partition(":")[2].split(",")
+    if len(a) != len(b):
+        return f"{first} (= {last})"
+    parts = [x if x == y else f"{x}..{y.partition('=')[2]}" for x, y in zip(a, b, strict=True)]
+    return f"{name}:{','.join(parts)}"
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def dataset_label(name: str) -> str:
+    """A dataset's name for a reader: ``(no dataset name)`` for questions whose files name none (trace logs)."""
+    return name or "(no dataset name)"
+
+
+def more_or_fewer(saving: float | None, unit: str) -> str:
+    """``"19.8% fewer samples"`` for a saving of 0.198, ``"19.8% more samples"`` for -0.198, ``"n/a"`` for None."""
+    if saving is None:
+        return "n/a"
+    return f"{abs(saving):.1%} {'fewer' if saving >= 0 else 'more'} {unit}"
+
+
+#: Footnote of a ``gap closed`` cell for a row cheaper than the cost oracle.
+_BEYOND_ORACLE = (
+    "n/a*: spends less than the cost oracle (it stops before the running majority settles, or answers nothing), "
+    "so a share of the gap between the oracle and the full pool does not apply; compare its accuracy instead"
+)
+
+
+def _gap_cell(gap_closed: float | None) -> str:
+    # A row that spends less than the cost oracle (it stops before the majority settles, or returns
+    # nothing) would close "more than 100%" of the gap, which reads as better than the oracle.
+    if gap_closed is not None and gap_closed > 1.0 + 1e-9:
+        return "n/a*"
+    return _fmt(gap_closed, ".1%")
 
 
 def _dataset_table(result: DatasetResult, deadlines: tuple[float, ...]) -> str:
     unit = "tokens" if result.tokens_known else "samples"
     header = (
-        f"{result.dataset}: {result.n_questions} questions, {result.pool_size} samples each"
+        f"{dataset_label(result.dataset)}: {result.n_questions} questions, {result.pool_size} samples each"
         f"{'' if result.tokens_known else ' (token counts unknown: costs in samples)'}; "
         f"full-pool majority accuracy {result.full_pool_accuracy:.4f}"
     )
@@ -83,7 +183,7 @@ def _dataset_table(result: DatasetResult, deadlines: tuple[float, ...]) -> str:
                 _fmt(row.mean_dollars, ".6f") if result.tokens_known else "unknown",
                 _fmt(row.retention, ".4f"),
                 _fmt(row.savings, ".1%"),
-                _fmt(row.gap_closed, ".1%"),
+                _gap_cell(row.gap_closed),
             ]
         )
     lines = [header, _grid(columns, rows)]
@@ -96,6 +196,8 @@ def _dataset_table(result: DatasetResult, deadlines: tuple[float, ...]) -> str:
             ]
             lines += ["", "accuracy by deadline:", _grid(dl_columns, dl_rows)]
     lines.append(f"(savings and gap closed are in {unit}; gap = full pool minus cost oracle)")
+    if any(_gap_cell(row.gap_closed) == "n/a*" for row in result.rows):
+        lines.append(f"({_BEYOND_ORACLE})")
     return "\n".join(lines)
 
 
@@ -129,58 +231,3 @@ def format_table(result: SimulationResult) -> str:
     steps_per_second = result.sample_steps / result.seconds if result.seconds > 0 else 0.0
     parts += ["", f"{result.sample_steps} sample-steps in {result.seconds:.1f} s ({steps_per_second:,.0f} per second)"]
     return "\n".join(parts)
-
-
-def plot_frontier(result: SimulationResult, path: str | os.PathLike[str]) -> None:
-    """Draw accuracy against mean cost for every policy, sweep and reference, one panel per dataset."""
-    matplotlib = import_optional("matplotlib", "plot", "budgetctl simulate --plot")
-    matplotlib.use("Agg")
-    plt = import_optional("matplotlib.pyplot", "plot", "budgetctl simulate --plot")
-    panels = result.datasets
-    columns = min(3, len(panels))
-    rows = (len(panels) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
-    for ax, dataset in zip(axes.flat, panels, strict=False):
-        _panel(ax, dataset)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    figure.suptitle(f"accuracy vs cost, {result.orders} orders (seed {result.seed})")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def _cost(row: PolicyResult, tokens_known: bool) -> float:
-    return row.mean_tokens if tokens_known and row.mean_tokens is not None else row.mean_samples
-
-
-def _panel(ax: Any, dataset: DatasetResult) -> None:
-    known = dataset.tokens_known
-    if dataset.fixed_curve:
-        xs = dataset.fixed_curve_tokens if known else list(range(1, len(dataset.fixed_curve) + 1))
-        ax.plot(xs, dataset.fixed_curve, color="0.6", lw=1.5, label="fixed-N majority")
-    groups: dict[str, list[PolicyResult]] = {}
-    for row in dataset.rows:
-        if row.kind == "sweep":
-            groups.setdefault(row.group, []).append(row)
-    for group, members in groups.items():
-        members = sorted(members, key=lambda r: _cost(r, known))
-        ax.plot([_cost(r, known) for r in members], [r.accuracy for r in members], marker=".", label=group)
-    markers = {"policy": "o", "oracle": "*", "reference": "s"}
-    for row in dataset.rows:
-        if row.kind == "sweep":
-            continue
-        ax.scatter(
-            _cost(row, known),
-            row.accuracy,
-            marker=markers.get(row.kind, "o"),
-            s=60 if row.kind == "oracle" else 35,
-            label=row.policy,
-            zorder=3,
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("mean tokens per question" if known else "mean samples per question")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{dataset.dataset} ({dataset.n_questions} q)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
