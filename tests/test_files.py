@@ -160,8 +160,8 @@ def no_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
     ("extra", "message"),
     [
         (["--plot", "missing-folder/frontier.png"], "--plot missing-folder/frontier.png: folder"),
-        (["--deadline", "-1"], "--deadline must be a positive number of seconds, got -1.0"),
-        (["--deadline", "nan"], "--deadline must be a positive number"),
+        (["--deadline", "-1", "--ttft-ms", "10"], "--deadline must be a positive number of seconds, got -1.0"),
+        (["--deadline", "nan", "--ttft-ms", "10"], "--deadline must be a positive number"),
         (["--orders", "0"], "--orders must be >= 1"),
         (["--concurrency", "0"], "--concurrency must be >= 1"),
         (["--ms-per-token", "-2"], "--ms-per-token must be a number >= 0"),

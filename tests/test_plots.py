@@ -86,7 +86,7 @@ def test_scheduler_plot_and_its_policy(pool: Path, tmp_path: Path, capsys: pytes
     assert "stop policy of each request in the shared rows: fixed:n=2" in printed and f"wrote {png}" in printed
     width, height = png_size(png)
     assert 500 <= width <= 1600 and 200 <= height <= 1200
-    assert simulate_cli(*argv, "--policy", "fixed:n=2", "--policy", "fixed:n=3") == 2
+    assert simulate_cli(*argv, "--force", "--policy", "fixed:n=2", "--policy", "fixed:n=3") == 2
     assert "at most one --policy" in capsys.readouterr().err
 
 

@@ -60,6 +60,15 @@ def is_user_error(error: BaseException) -> bool:
     return False
 
 
+def _closest(word: str, choices: Sequence[str], *, cutoff: float) -> list[str]:
+    """The close matches worth suggesting: the best, and any other about as close (never a far second)."""
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=cutoff)
+    if not close:
+        return []
+    best = difflib.SequenceMatcher(None, word, close[0]).ratio()
+    return [c for c in close if difflib.SequenceMatcher(None, word, c).ratio() >= best - 0.1]
+
+
 def _raised_on_purpose(error: BaseException) -> bool:
     # The innermost frame is budgetctl's own code, at a ``raise`` statement (not ``int(text)`` or numpy).
     tb = error.__traceback__
@@ -92,7 +101,7 @@ def unrecognized(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
     for extra in extras:
         flag = extra.partition("=")[0]
         if flag.startswith("-"):
-            close = difflib.get_close_matches(flag, known, n=3, cutoff=0.6)
+            close = _closest(flag, known, cutoff=0.6)
             if close:
                 hints.append(f"{flag}: did you mean {' or '.join(close)}?")
     tail = f" ({'; '.join(hints)})" if hints else f" (see {parser.prog} --help)"
@@ -124,7 +133,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, argparse.Names
     command = _command_in(argv)
     if command is not None and command not in COMMANDS:
         parser = build_parser(())
-        close = difflib.get_close_matches(command, COMMANDS, n=3, cutoff=0.5)
+        close = _closest(command, COMMANDS, cutoff=0.5)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         parser.error(f"unknown command {command!r}{hint} (commands: {', '.join(COMMANDS)})")
     parser = build_parser(COMMANDS if command is None else (command,))

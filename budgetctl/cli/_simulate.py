@@ -187,6 +187,11 @@ def check_arguments(args: argparse.Namespace, pools: list[str]) -> None:
     """Refuse bad values and unsafe outputs by flag name, before any pool is read or any work starts."""
     from . import UsageError
 
+    if args.deadline is not None and not (args.ttft_ms or args.ms_per_token):
+        raise UsageError(
+            f"--deadline {args.deadline:g} needs a latency model, or every sample takes no time: add --ttft-ms "
+            "and/or --ms-per-token (e.g. --ttft-ms 80 --ms-per-token 15), or drop --deadline"
+        )
     if args.deadline is not None and not (math.isfinite(args.deadline) and args.deadline > 0):
         raise UsageError(f"--deadline must be a positive number of seconds, got {args.deadline}")
     for flag, count in (
@@ -229,11 +234,6 @@ def run(args: argparse.Namespace) -> int:
     latency = LatencyModel(
         ttft=args.ttft_ms / 1000.0, per_token=args.ms_per_token / 1000.0, concurrency=args.concurrency
     )
-    if args.deadline is not None and not latency.timed:
-        raise UsageError(
-            f"--deadline {args.deadline:g} needs a latency model, or every sample takes no time: add --ttft-ms "
-            "and/or --ms-per-token (e.g. --ttft-ms 80 --ms-per-token 15), or drop --deadline"
-        )
     loaded = load_pool(pools, datasets=args.dataset, skip_bad=args.skip_bad)
     _warn_without_gold(loaded)
     if args.scheduler is not None:
