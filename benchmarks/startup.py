@@ -124,7 +124,7 @@ def measure_ask(runs: int) -> tuple[list[float], list[float], str]:
 Ask = tuple[list[float], list[float], str]
 
 
-def render(command: str, rows: dict[str, list[float]], ask: Ask, seconds: float) -> str:
+def render(command: str, rows: dict[str, list[float]], ask: Ask, load: tuple[float, float]) -> str:
     """The docs part: the import table and the ``ask`` overhead."""
     med = {name: statistics.median(values) for name, values in rows.items()}
     ratio = med["budgetctl_us"] / med["numpy_us"]
@@ -137,7 +137,8 @@ def render(command: str, rows: dict[str, list[float]], ask: Ask, seconds: float)
     return f"""{PART}
 
 `{command}`: {len(rows["numpy_us"])} fresh interpreters per figure, alternating, medians; Python
-{platform.python_version()}, {os.cpu_count()} CPUs shared with other work; {seconds:.0f} s in all.
+{platform.python_version()}, {os.cpu_count()} CPUs shared with other work (load average {load[0]:.1f} at
+the start, {load[1]:.1f} at the end).
 
 | what | import time (`-X importtime`) | wall time minus `python -c pass` |
 |---|---|---|
@@ -153,7 +154,8 @@ checks it); numpy comes with the rule policies' vote posteriors.
 {statistics.median(elapsed):.2f} s `elapsed` it reports, so {statistics.median(overhead):.2f} s (median;
 {min(overhead):.2f}-{max(overhead):.2f} s) is spent outside the run: interpreter start-up
 ({med["pass_wall"]:.2f} s for `python -c pass`), importing budgetctl, importing openai when the
-sampler is made (most of it: openai's own import), argument parsing and exit.
+sampler is made (`python -c "import openai"` alone takes {med["openai_wall"] - med["pass_wall"]:.2f} s more than
+`python -c pass` here), argument parsing and exit.
 """
 
 
@@ -162,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer runs, print only (no docs written)")
     args = parser.parse_args(argv)
     runs = 5 if args.quick else 15
-    started = time.perf_counter()
-    names = ("numpy_us", "budgetctl_us", "pass_wall", "numpy_wall", "budgetctl_wall")
+    before = os.getloadavg()[0]
+    names = ("numpy_us", "budgetctl_us", "pass_wall", "numpy_wall", "budgetctl_wall", "openai_wall")
     rows: dict[str, list[float]] = {name: [] for name in names}
     for i in range(runs):
         print(f"run {i + 1}/{runs}", flush=True)
@@ -172,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         rows["pass_wall"].append(wall_s([sys.executable, "-c", "pass"]))
         rows["numpy_wall"].append(wall_s([sys.executable, "-c", NUMPY]))
         rows["budgetctl_wall"].append(wall_s([sys.executable, "-c", BUDGETCTL]))
+        rows["openai_wall"].append(wall_s([sys.executable, "-c", "import openai"]))
     print("budgetctl ask", flush=True)
     ask = measure_ask(3 if args.quick else 10)
-    text = render("python benchmarks/startup.py", rows, ask, time.perf_counter() - started)
+    text = render("python benchmarks/startup.py", rows, ask, (before, os.getloadavg()[0]))
     if args.quick:
         print(text)
     else:
