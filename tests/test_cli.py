@@ -195,3 +195,18 @@ def test_ask_writes_id_gold_and_meta_into_a_trace_that_loads_as_a_pool(
     assert start["meta"]["difficulty"] == 3  # JSON values are read as JSON
     assert main([*argv[:-1], "--meta", "novalue", QUESTION]) == 2
     assert "--meta takes KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_missing_extra_names_the_pip_command() -> None:
+    from test_optional import run_python
+
+    done = run_python(
+        'lambda top: top != "openai"',
+        """
+import sys
+from budgetctl.cli import main
+sys.exit(main(["ask", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "q"]))
+""",
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "pip install 'budgetctl[openai]'" in done.stderr

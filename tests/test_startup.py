@@ -106,3 +106,25 @@ def test_policy_names_include_the_plugins_that_can_load() -> None:
     names = _spec.policy_names()
     assert {"ac", "esc", "fixed"} <= set(names)
     assert ("learned" in names) == (_spec._load_plugin("budgetctl.learn") is None)
+
+
+def test_worker_pools_never_fork() -> None:
+    from budgetctl._workers import worker_context
+
+    assert worker_context().get_start_method() in ("forkserver", "spawn")
+
+
+def test_a_simulation_in_spawned_workers_equals_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # spawn: the strictest start method (a fresh interpreter per worker), the only one on Windows.
+    import multiprocessing
+
+    from budgetctl._pool import demo_pool_path
+    from budgetctl.sim import _simulate, simulate
+
+    monkeypatch.setattr(_simulate, "worker_context", lambda: multiprocessing.get_context("spawn"))
+    specs = ["ac:threshold=0.95", "esc:window=5"]
+    alone = simulate(demo_pool_path(), specs, orders=2, seed=3, jobs=1)
+    workers = simulate(demo_pool_path(), specs, orders=2, seed=3, jobs=2)
+    assert [(r.policy, r.accuracy, r.mean_samples) for r in alone.overall.rows] == [
+        (r.policy, r.accuracy, r.mean_samples) for r in workers.overall.rows
+    ]

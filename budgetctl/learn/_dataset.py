@@ -23,13 +23,13 @@ import os
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 
 import numpy as np
 
 from .._aggregate import normalize_answer
 from .._core import RunCore
 from .._pool import Question
+from .._workers import worker_context
 from ..policies._base import Never
 from ..sim._reference import reference
 from ..sim._replay import LatencyModel
@@ -267,7 +267,7 @@ def build_rows(
     else:
         size = max(1, len(indexed) // (workers * 4))
         chunks = [indexed[i : i + size] for i in range(0, len(indexed), size)]
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
             parts = list(
                 pool.map(_build_part, chunks, *zip(*[(orders, target, seed, grid)] * len(chunks), strict=True))
             )

@@ -8,9 +8,11 @@ disconnect and can stop generating).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
+import sys
 from collections.abc import Hashable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias
@@ -147,13 +149,41 @@ def sample_from(
     return Sample(answer=answer, tokens=tokens, logprob=logprob, confidence=confidence, cost=cost)
 
 
+#: Modules an OpenAI client's first request imports (its resources, the HTTP transport, anyio's
+#: sockets and thread pool): imported when a sampler is made, so that the first call of a process
+#: does not hold the event loop for them inside a run (over 0.4 s on a busy machine, past a 0.3 s
+#: deadline). Names that this openai/httpx version lacks are skipped.
+_FIRST_CALL_MODULES = (
+    "openai.resources.chat.completions",
+    "openai.resources.completions",
+    "httpcore",
+    "httpcore2",
+    "anyio._core._sockets",
+    "concurrent.futures.thread",
+)
+
+
+def _import_first_call_modules() -> None:
+    import importlib
+    import importlib.util
+
+    for name in _FIRST_CALL_MODULES:
+        if name in sys.modules:
+            continue
+        with contextlib.suppress(ImportError, ValueError):
+            if importlib.util.find_spec(name) is not None:
+                importlib.import_module(name)
+
+
 class ClientOwner:
     """The lifecycle of a sampler's HTTP client: made on the first call, closed by :meth:`aclose` (or ``async with``).
 
     Given a base URL, the sampler checks it and imports ``openai`` when it is made (a missing extra
     or a malformed URL fails there), but creates the client (its connection pool and TLS context)
-    only on its first call: inside the run, so that the run's deadline counts it. A client passed
-    in is used as is and never closed here.
+    only on its first call: inside the run, so that the run's deadline counts it. The modules that
+    first call would import are imported when the sampler is made (a process-wide cost, paid once,
+    that would otherwise hold the event loop inside the run). A client passed in is used as is and
+    never closed here.
     """
 
     _client: Any
@@ -165,6 +195,7 @@ class ClientOwner:
         if isinstance(client_or_base_url, str):
             base_url = _with_v1(client_or_base_url)
             openai = import_optional("openai", "openai", "an OpenAI-compatible sampler from a base URL")
+            _import_first_call_modules()
             key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
             self._client_factory = openai.AsyncOpenAI
             self._client_args = {"base_url": base_url, "api_key": key, "max_retries": 0}

@@ -25,7 +25,6 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ from .._gain import GainModel, VoteGain
 from .._pool import Pool, Question, load_pool
 from .._sample import Sample
 from .._state import STOP_REASONS, RunState, StopReason
+from .._workers import worker_context
 from ..policies._base import PolicyLike, StopPolicy, as_policy
 from ..policies._rules import AdaptiveConsistency
 from ..policies._spec import parse_policy
@@ -445,7 +445,7 @@ def _run_jobs(
     if jobs <= 1 or len(jobs_list) == 1:
         yield from map(_run_job, jobs_list)
         return
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as executor:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=worker_context()) as executor:
         yield from executor.map(_run_job, jobs_list)
 
 

@@ -15,7 +15,6 @@ import zlib
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from .._aggregate import Aggregator, MajorityVote, normalize_answer
 from .._budget import Budget
 from .._pool import Pool, Question, load_pool
 from .._state import STOP_REASONS
+from .._workers import worker_context
 from ..policies._base import PolicyLike, StopPolicy, as_policy
 from ..policies._spec import parse_policy
 from ._reference import QuestionReference, reference
@@ -567,7 +567,7 @@ def _run(questions: list[Question], settings: _Settings, jobs: int | None, progr
     size = max(1, min(64, len(questions) // (workers * 8)))
     chunks = [questions[i : i + size] for i in range(0, len(questions), size)]
     results: list[list[_QuestionOutcome]] = [[] for _ in chunks]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
         futures = {pool.submit(_simulate_chunk, chunk, settings): i for i, chunk in enumerate(chunks)}
         from concurrent.futures import as_completed
 
