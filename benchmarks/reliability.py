@@ -127,6 +127,58 @@ def crash_table(cycles: int, event_mib: float, seed: int) -> tuple[str, int]:
     return text, report.lost
 
 
+def hostile_inputs(folder: Path) -> list[tuple[str, Path]]:
+    """The hostile files of issue 10, made in milliseconds (gzip members of 1 MiB each are valid .gz)."""
+    import gzip
+    import json
+
+    def made(name: str, data: bytes) -> Path:
+        path = folder / name
+        path.write_bytes(data)
+        return path
+
+    good = {"id": "q", "gold": "a", "samples": [{"answer": "a", "tokens": 5}]}
+    pool_text = "".join(json.dumps({**good, "id": f"q{i}"}) + "\n" for i in range(2000)).encode()
+
+    def half(data: bytes) -> bytes:
+        return data[: len(data) // 2]
+
+    return [
+        ("128 MiB of newlines in 130 KB (.gz)", made("nl.jsonl.gz", gzip.compress(b"\n" * (1 << 20), 9) * 128)),
+        ("one 2 GiB line in 2 MB (.gz)", made("line.jsonl.gz", gzip.compress(b"a" * (1 << 20), 9) * 2048)),
+        ("one 80 MiB line (plain)", made("line.jsonl", b"a" * (80 << 20) + b"\n")),
+        (
+            "tokens 1e300",
+            made("big.jsonl", json.dumps({**good, "samples": [{"answer": "a", "tokens": 1e300}]}).encode()),
+        ),
+        (
+            "tokens of 4,000 digits",
+            made("digits.jsonl", b'{"id": "q", "samples": [{"answer": "a", "tokens": ' + b"9" * 4000 + b"}]}"),
+        ),
+        ("JSON nested 100,000 deep", made("deep.jsonl", b"[" * 100_000 + b"]" * 100_000)),
+        ("a truncated .gz", made("cut.jsonl.gz", half(gzip.compress(pool_text)))),
+        ("a .gz that is not gzip", made("fake.jsonl.gz", json.dumps(good).encode())),
+        ("a directory", folder),
+    ]
+
+
+def hostile_table() -> str:
+    from budgetctl._pool import load_pool
+
+    lines = ["| input | result | seconds |", "|---|---|---:|"]
+    with tempfile.TemporaryDirectory() as name:
+        for label, path in hostile_inputs(Path(name)):
+            started = time.perf_counter()
+            try:
+                load_pool(path)
+                outcome = "read (not refused!)"
+            except Exception as error:  # the one line a user would see
+                outcome = f"{type(error).__name__}: {str(error).replace(name, '…')}"
+            lines.append(f"| {label} | `{outcome[:150]}` | {time.perf_counter() - started:.2f} |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=1000, help="cases per fuzz target (default 1000)")
@@ -141,9 +193,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("examples", "hang_s", "cycles", "event_mib", "seed")
         if getattr(args, name) != parser.get_default(name)
     )
+    hostile_text = hostile_table()
     fuzz_text, fuzz_bad = fuzz_table(args.examples, args.hang_s, args.seed)
     crash_text, lost = crash_table(args.cycles, args.event_mib, args.seed)
     if not args.no_write:
+        write_section(
+            DOC,
+            "## Hostile files\n\n"
+            f"`{command}`: `load_pool` on the files of issue 10, with the default `ReadLimits`; what a user "
+            "sees (the CLI prints the message as one line) and how long it takes to say it.\n\n" + hostile_text,
+        )
         write_section(
             DOC,
             "## Fuzzing the input parsers\n\n"
