@@ -109,11 +109,15 @@ class TraceWriter:
                     f"{path}: traces are written uncompressed, so that a crash tears at most one line; "
                     f"trace to {path[:-3]!r} and gzip it when the runs are done (readers read .gz)"
                 )
-            self._file = io.FileIO(path, "a+")  # O_APPEND: every write lands at the end
+            try:
+                self._file = io.FileIO(path, "a+")  # O_APPEND: every write lands at the end
+            except PermissionError:  # a file we may append to but not read: no tail to check
+                self._file = io.FileIO(path, "a")
             self.path: str | None = path
             self._fsync = fsync
             try:
-                self.repaired = _end_torn_tail(self._file, limits)
+                if self._file.readable():
+                    self.repaired = _end_torn_tail(self._file, limits)
                 if self.repaired is not None and fsync:
                     os.fsync(self._file.fileno())
             except BaseException:
