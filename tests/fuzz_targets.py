@@ -183,49 +183,89 @@ def _read_trace(item: tuple[str, bytes]) -> object:
 # -- the learned-policy artifact loader ------------------------------------------------------------------
 
 DEFAULT_POLICY = os.path.join(os.path.dirname(budgetctl.__file__), "data", "policies", "default")
-TOP_KEYS = ["format", "schema_version", "model", "params", "value", "horizons", "default_tokens", "weights"]
-PARAM_KEYS = ["horizons", "hidden", "model", "value", "alpha", "max_depth", "default_tokens"]
-weight_files = st.sampled_from(["weights.npz", "../weights.npz", "/etc/hostname", "sub/w.npz", "", ".", "policy.json"])
+weight_files = st.sampled_from(
+    ["../weights.npz", "/etc/hostname", "sub/w.npz", "", ".", "policy.json", "MODEL_CARD.md"]
+)
 array_damage = st.sampled_from(["none", "drop", "extra", "reshape", "inf", "huge", "ints", "empty"])
 
 
 @st.composite
 def artifacts(draw: st.DrawFn) -> dict[str, Any]:
-    """A damaged copy of the shipped policy: policy.json fields replaced or dropped, weights altered."""
-    with open(os.path.join(DEFAULT_POLICY, "policy.json"), encoding="utf-8") as stream:
-        document = json.load(stream)
-    for _ in range(draw(st.integers(0, 3))):
-        key = draw(st.sampled_from(TOP_KEYS))
-        how = draw(st.sampled_from(["set", "drop", "param", "file"]))
-        if how == "set":
-            document[key] = draw(json_values)
-        elif how == "drop":
-            document.pop(key, None)
-        elif how == "param" and isinstance(document.get("params"), dict):
-            document["params"][draw(st.sampled_from(PARAM_KEYS))] = draw(json_values)
-        elif how == "file" and isinstance(document.get("weights"), dict):
-            document["weights"]["file"] = draw(weight_files)
+    """How to damage a valid artifact: fields of policy.json replaced or dropped, its weights altered."""
+    edits = draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, 10**6), st.sampled_from(["set", "drop", "weights-file"]), json_values | weight_files
+            ),
+            max_size=3,
+        )
+    )
     return {
-        "document": document,
+        "seed": draw(st.integers(0, 1)),
+        "edits": edits,
         "damage": draw(array_damage),
-        "member": draw(st.integers(0, 100)),
+        "member": draw(st.integers(0, 1000)),
         "reseal": draw(st.booleans()),  # recompute the weights' sha256, as a crafted artifact would
         "cut": draw(st.none() | st.integers(0, 30_000)),
     }
 
 
-def _load_artifact(item: dict[str, Any]) -> object:
-    import hashlib
+_SEEDS: list[str] = []
 
+
+def _seed_artifacts() -> list[str]:
+    """Valid artifacts to damage: the shipped default (whatever format this checkout ships) and a
+    gain-model policy trained here on synthetic questions."""
+    if not _SEEDS:
+        import random
+
+        from budgetctl._pool import Pool, Question
+        from budgetctl._sample import Sample
+        from budgetctl.learn import LearnedStop
+
+        rng = random.Random(0)
+        questions = []
+        for i in range(24):
+            p = rng.uniform(0.3, 0.9)
+            answers = ["a" if rng.random() < p else rng.choice("bcd") for _ in range(10)]
+            samples = tuple(Sample(answer=a, tokens=rng.randint(5, 50)) for a in answers)
+            questions.append(
+                Question(id=f"q{i}", samples=samples, correct_keys=frozenset({"a"}), gold="a", dataset="t")
+            )
+        policy = LearnedStop(model="linear", orders=2, target_orders=8, folds=2, n_jobs=1)
+        policy.fit(Pool(questions=questions, files=[]))
+        folder = tempfile.mkdtemp(prefix="budgetctl-fuzz-seed-")
+        policy.save(os.path.join(folder, "gain"))
+        _SEEDS[:] = [DEFAULT_POLICY, os.path.join(folder, "gain")]
+    return _SEEDS
+
+
+def _paths(document: Any) -> list[tuple[Any, ...]]:
+    # Every field of policy.json, and every field or item one level down.
+    paths: list[tuple[Any, ...]] = []
+    if isinstance(document, dict):
+        for key, value in document.items():
+            paths.append((key,))
+            children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+            paths += [(key, child) for child, _ in children]
+    return paths
+
+
+def _edit(document: dict[str, Any], path: tuple[Any, ...], how: str, value: Any) -> None:
+    parent: Any = document
+    for key in path[:-1]:
+        parent = parent[key]
+    if how == "drop":
+        parent.pop(path[-1])
+    elif how == "set":
+        parent[path[-1]] = value
+    elif isinstance(document.get("weights"), dict) and isinstance(value, str):
+        document["weights"]["file"] = value
+
+
+def _damage_arrays(arrays: dict[str, Any], name: str, damage: str) -> None:
     import numpy as np
-    from conftest import make_state
 
-    from budgetctl.learn import load_policy
-
-    with np.load(os.path.join(DEFAULT_POLICY, "weights.npz"), allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
-    name = sorted(arrays)[item["member"] % len(arrays)]
-    damage = item["damage"]
     if damage == "drop":
         del arrays[name]
     elif damage == "extra":
@@ -234,26 +274,48 @@ def _load_artifact(item: dict[str, Any]) -> object:
         arrays[name] = np.resize(arrays[name], (2, 3))
     elif damage in ("inf", "huge") and arrays[name].dtype.kind == "f" and arrays[name].size:
         arrays[name] = arrays[name].copy()
-        arrays[name].flat[0] = np.inf if damage == "inf" else 1e308
+        arrays[name].flat[0] = np.inf if damage == "inf" else np.finfo(arrays[name].dtype).max
     elif damage == "ints":
         arrays[name] = np.full(arrays[name].shape, -1, dtype=np.int64)
     elif damage == "empty":
         arrays[name] = np.zeros(0)
+
+
+def _load_artifact(item: dict[str, Any]) -> object:
+    import hashlib
+
+    import numpy as np
+    from conftest import make_state
+
+    seed = _seed_artifacts()[item["seed"]]
     folder = tempfile.mkdtemp(prefix="budgetctl-fuzz-artifact-")
     try:
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        blob = buffer.getvalue()
-        if item["cut"] is not None:
-            blob = blob[: item["cut"]]
-        with open(os.path.join(folder, "weights.npz"), "wb") as stream:
-            stream.write(blob)
-        document = item["document"]
-        if item["reseal"] and isinstance(document.get("weights"), dict):
-            document = {**document, "weights": {**document["weights"], "sha256": hashlib.sha256(blob).hexdigest()}}
+        for entry in os.listdir(seed):
+            shutil.copy(os.path.join(seed, entry), folder)
+        with open(os.path.join(folder, "policy.json"), encoding="utf-8") as stream:
+            document = json.load(stream)
+        weights = document.get("weights", {}).get("file") if isinstance(document.get("weights"), dict) else None
+        if isinstance(weights, str) and os.path.isfile(os.path.join(folder, weights)):
+            with np.load(os.path.join(folder, weights), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+            if arrays:
+                _damage_arrays(arrays, sorted(arrays)[item["member"] % len(arrays)], item["damage"])
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            blob = buffer.getvalue()
+            if item["cut"] is not None:
+                blob = blob[: item["cut"]]
+            with open(os.path.join(folder, weights), "wb") as stream:
+                stream.write(blob)
+            if item["reseal"]:
+                document["weights"]["sha256"] = hashlib.sha256(blob).hexdigest()
+        for index, how, value in item["edits"]:
+            paths = _paths(document)
+            if paths:
+                _edit(document, paths[index % len(paths)], how, value)
         with open(os.path.join(folder, "policy.json"), "w", encoding="utf-8") as stream:
             json.dump(document, stream)
-        policy = load_policy(folder)
+        policy = parse_policy(folder)  # the public way to load a trained policy, whatever its format
         # What loads must decide without error: every index and horizon was checked at load.
         for counts in ({"a": 1}, {"a": 3, "b": 2}, {"a": 1, "b": 1, "c": 1}):
             policy(make_state(counts))
@@ -334,14 +396,27 @@ TARGETS = [
     Target("trace reader (read_runs)", maybe_gzipped(files(events)), _read_trace, (TraceFormatError,)),
     # A spec naming an existing path loads it as a trained policy: ArtifactError when it is not one.
     Target("policy spec parser (parse_policy)", specs, parse_policy, (PolicySpecError, ArtifactError)),
-    # load_policy documents ArtifactError; what it loads must then decide without raising.
-    Target("artifact loader (load_policy)", artifacts(), _load_artifact, (ArtifactError,), _artifact_hardening_missing),
+    # Loading documents ArtifactError (PolicySpecError for a spec); what loads must then decide without raising.
+    Target(
+        "artifact loader (trained-policy directory)",
+        artifacts(),
+        _load_artifact,
+        (ArtifactError, PolicySpecError),
+        _artifact_hardening_missing,
+    ),
     # Any status but 5xx; the test client re-raises an exception the app lets escape.
     Target("replay server requests", request_bodies, _server_request, (), _server_hardening_missing),
 ]
 
 
 def check(target: Target, value: Any) -> None:
-    """Run ``value`` through ``target``; let through only its documented exceptions."""
-    with contextlib.suppress(*target.allowed):
-        target.run(value)
+    """Run ``value`` through ``target``; let through only its documented exceptions.
+
+    A warning is a failure too (numpy's overflow warnings mean a value went unchecked), except the
+    ``TraceWarning`` a reader gives by design for a line it skips.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", TraceWarning)
+        with contextlib.suppress(*target.allowed):
+            target.run(value)
