@@ -84,8 +84,9 @@ class TraceWriter:
     open, flushed per event). For a path, each event is encoded first and written by one ``write``
     call, so a crash tears at most that line; a file whose last line was torn by an earlier crash is
     first ended with :data:`TORN_MARK` (``repaired`` then holds the torn line's length in bytes), so
-    this writer's events start on a fresh line. ``fsync=True`` also forces each event to disk before
-    :meth:`write` returns, for logs that must survive a power cut or an OS crash.
+    this writer's events start on a fresh line (a tail longer than ``limits.max_line_bytes`` counts
+    as torn). ``fsync=True`` also forces each event to disk before :meth:`write` returns, for logs
+    that must survive a power cut or an OS crash.
 
     A ``.gz`` path is refused: appending to a gzip stream cannot be made crash-safe. Write plain
     ``.jsonl`` and compress it once the runs are done; every reader reads ``.jsonl.gz``.
@@ -114,7 +115,6 @@ class TraceWriter:
             except PermissionError:  # a file we may append to but not read: no tail to check
                 self._file = io.FileIO(path, "a")
             self.path: str | None = path
-            self._fsync = fsync
             try:
                 if self._file.readable():
                     self.repaired = _end_torn_tail(self._file, limits)
