@@ -107,16 +107,16 @@ def run(args: argparse.Namespace) -> int:
     from .._files import OutputError, check_output_directory
     from ..cli import UsageError
 
-    try:  # before any work: an existing DIR needs --force; a DIR holding a pool is never replaced
-        check_output_directory(args.output, inputs=args.pools, force=args.force, flag="-o")
-    except OutputError as error:
-        raise UsageError(str(error)) from None
     value = _value(args.value)
     if not 0.0 <= args.holdout < 1.0:
         raise UsageError(f"--holdout must be in [0, 1), got {args.holdout}")
     for flag, number in (("--eval-orders", args.eval_orders), ("--orders", args.orders)):
         if number < 1:
             raise UsageError(f"{flag} must be >= 1, got {number}")
+    try:  # before any work: an existing DIR needs --force; a DIR holding a pool is never replaced
+        check_output_directory(args.output, inputs=args.pools, force=args.force, flag="-o")
+    except OutputError as error:
+        raise UsageError(str(error)) from None
     from .._pool import Pool, load_pool
     from ..learn import LearnedStop
     from ..learn._evaluate import decision_report, gain_report
