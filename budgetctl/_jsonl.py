@@ -85,7 +85,7 @@ class _Source:
         if self._gzip is None:
             return self._raw.read(_CHUNK)
         try:
-            chunk = self._gzip.read(_CHUNK)
+            chunk = self._gzip.read1(_CHUNK)  # what one step inflates: lines before a cut still come out
         except gzip.BadGzipFile as error:
             raise TraceFormatError(self.path, line, f"not a gzip file, or corrupt gzip data ({error})") from None
         except EOFError:

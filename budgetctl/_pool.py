@@ -9,7 +9,6 @@ Both become :class:`Question` objects, which the simulator, the replay server an
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from ._aggregate import normalize_answer
 from ._jsonl import DEFAULT_LIMITS, ReadLimits, TraceFormatError, checked_number, iter_lines, parse_json
 from ._sample import Sample
-from ._trace import MAX_TOKENS, TraceWarning, answer_value, collect_runs
+from ._trace import MAX_TOKENS, OnSkip, answer_value, collect_runs, warn_skipped
 
 __all__ = ["Question", "Pool", "load_pool", "demo_pool_path"]
 
@@ -170,10 +169,9 @@ def _questions_from_trace(
         try:
             gold = _hashable(run.meta.get("gold"), "meta.gold")
         except ValueError as error:
-            where, _, line = run.origin.rpartition(":")
             if not skip_bad:
-                raise TraceFormatError(where, int(line), f"run {run.run}: {error}") from None
-            skipped.append((where, int(line), f"run {run.run}: {error}"))
+                raise TraceFormatError(path, run.line, f"run {run.run}: {error}") from None
+            skipped.append((path, run.line, f"run {run.run}: {error}"))
             continue
         correct = {normalize_answer(gold)} if gold is not None else set()
         questions.append(
@@ -192,11 +190,11 @@ def _questions_from_trace(
     return questions
 
 
-def _recorder(skipped: list[tuple[str, int, str]]) -> Any:
-    def record(path: str, line: int, reason: str) -> None:
+def _recorder(skipped: list[tuple[str, int, str]]) -> OnSkip:
+    def record(path: str, line: int, reason: str, torn: bool) -> None:
         skipped.append((path, line, reason))
-        if "torn by a crash" in reason:  # not asked for with skip_bad: say so
-            warnings.warn(TraceWarning(f"{path}:{line}: skipped: {reason}"), stacklevel=2)
+        if torn:  # skipped without skip_bad: say so
+            warn_skipped(path, line, reason)
 
     return record
 

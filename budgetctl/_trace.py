@@ -84,8 +84,9 @@ class TraceWriter:
     open, flushed per event). For a path, each event is encoded first and written by one ``write``
     call, so a crash tears at most that line; a file whose last line was torn by an earlier crash is
     first ended with :data:`TORN_MARK` (``repaired`` then holds the torn line's length in bytes), so
-    this writer's events start on a fresh line. ``fsync=True`` also forces each event to disk before
-    :meth:`write` returns, for logs that must survive a power cut or an OS crash.
+    this writer's events start on a fresh line (a tail longer than ``limits.max_line_bytes`` counts
+    as torn). ``fsync=True`` also forces each event to disk before :meth:`write` returns, for logs
+    that must survive a power cut or an OS crash.
 
     A ``.gz`` path is refused: appending to a gzip stream cannot be made crash-safe. Write plain
     ``.jsonl`` and compress it once the runs are done; every reader reads ``.jsonl.gz``.
@@ -109,11 +110,14 @@ class TraceWriter:
                     f"{path}: traces are written uncompressed, so that a crash tears at most one line; "
                     f"trace to {path[:-3]!r} and gzip it when the runs are done (readers read .gz)"
                 )
-            self._file = io.FileIO(path, "a+")  # O_APPEND: every write lands at the end
-            self.path: str | None = path
-            self._fsync = fsync
             try:
-                self.repaired = _end_torn_tail(self._file, limits)
+                self._file = io.FileIO(path, "a+")  # O_APPEND: every write lands at the end
+            except PermissionError:  # a file we may append to but not read: no tail to check
+                self._file = io.FileIO(path, "a")
+            self.path: str | None = path
+            try:
+                if self._file.readable():
+                    self.repaired = _end_torn_tail(self._file, limits)
                 if self.repaired is not None and fsync:
                     os.fsync(self._file.fileno())
             except BaseException:
@@ -258,11 +262,12 @@ def stop_event(run: str, result: Result) -> dict[str, Any]:
     }
 
 
-#: Called with ``(file, line, reason)`` for each line a reader skips.
-OnSkip: TypeAlias = Callable[[str, int, str], None]
+#: Called with ``(file, line, reason, torn)`` for each line a reader skips; ``torn``: cut by a crash.
+OnSkip: TypeAlias = Callable[[str, int, str, bool], None]
 
 
-def _warn(path: str, line: int, reason: str) -> None:
+def warn_skipped(path: str, line: int, reason: str, torn: bool = True) -> None:
+    """Report a skipped line as a :class:`TraceWarning` naming ``file:line``."""
     warnings.warn(TraceWarning(f"{path}:{line}: skipped: {reason}"), stacklevel=4)
 
 
@@ -277,7 +282,7 @@ def read_events(
     naming ``file:line``, or, with ``skip_bad=True``, is skipped with a warning too. ``limits``
     bounds line length and decompressed size.
     """
-    return scan_events(path, skip_bad=skip_bad, limits=limits, on_skip=_warn)
+    return scan_events(path, skip_bad=skip_bad, limits=limits, on_skip=warn_skipped)
 
 
 def scan_events(
@@ -299,19 +304,19 @@ def _numbered_events(
     for number, line, terminated in iter_lines(name, limits, skip_blank=False):
         if line.endswith(torn_mark):
             if on_skip is not None:
-                on_skip(name, number, f"a line torn by a crash ({len(line) - len(torn_mark)} bytes)")
+                on_skip(name, number, f"a line torn by a crash ({len(line) - len(torn_mark)} bytes)", True)
             continue
         try:
             record = parse_json(name, number, line)
         except TraceFormatError as error:
             if not terminated:
                 if on_skip is not None:
-                    on_skip(name, number, f"a last line torn by a crash ({len(line)} bytes, no newline)")
+                    on_skip(name, number, f"a last line torn by a crash ({len(line)} bytes, no newline)", True)
                 continue
             if not skip_bad:
                 raise
             if on_skip is not None:
-                on_skip(name, number, error.message)
+                on_skip(name, number, error.message, False)
             continue
         try:
             yield number, check_event(name, number, record)
@@ -319,7 +324,7 @@ def _numbered_events(
             if not skip_bad:
                 raise
             if on_skip is not None:
-                on_skip(name, number, error.message)
+                on_skip(name, number, error.message, False)
 
 
 def _optional_number(record: Mapping[str, Any], key: str, low: float | None, high: float | None) -> None:
@@ -389,13 +394,15 @@ class TracedRun:
     stop: dict[str, Any] | None = None
     #: Where the run was read from: ``file:line`` of its first event.
     origin: str = ""
+    #: The line of its first event.
+    line: int = 0
 
 
 def read_runs(
     path: str | os.PathLike[str], *, skip_bad: bool = False, limits: ReadLimits = DEFAULT_LIMITS
 ) -> list[TracedRun]:
     """Group a trace file's events into runs, in the order the runs started (skips as :func:`read_events`)."""
-    return collect_runs(path, skip_bad=skip_bad, limits=limits, on_skip=_warn)
+    return collect_runs(path, skip_bad=skip_bad, limits=limits, on_skip=warn_skipped)
 
 
 def collect_runs(
@@ -412,7 +419,7 @@ def collect_runs(
         run_id = record["run"]
         run = runs.get(run_id)
         if run is None:
-            run = runs[run_id] = TracedRun(run_id, origin=f"{name}:{number}")
+            run = runs[run_id] = TracedRun(run_id, origin=f"{name}:{number}", line=number)
         event = record["event"]
         if event == "start":
             run.config = dict(record.get("config") or {})

@@ -37,7 +37,7 @@ def main() -> int:
     from budgetctl.cli import main as cli
 
     argv = ["train", *(str(TRACES / name) for name in FILES), "-o", str(TARGET)]
-    argv += ["--force", "--model", "mlp", "--skip-bad", "--holdout", "0.2", "--eval-orders", "20", "--seed", "0"]
+    argv += ["--model", "mlp", "--skip-bad", "--holdout", "0.2", "--eval-orders", "20", "--seed", "0"]
     status = cli(argv)
     if status != 0:
         return status

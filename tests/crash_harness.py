@@ -3,10 +3,11 @@
 Each cycle starts a child process that opens the trace with :class:`~budgetctl.TraceWriter` (which
 ends a torn tail left by the cycle before) and appends large events as fast as it can, reporting on
 stdout the index of each event whose ``write`` has returned; the parent kills it with SIGKILL at a
-random moment. Few of those moments fall inside a ``write`` call (encoding the event takes longer
-than writing it), so every other cycle the child also tears one event on purpose (writes its first
-half, as a kill inside ``write`` leaves it) before the kill. Afterwards every reported event must
-read back, and every other line must be a torn line that readers skip with a warning.
+random moment within one event's turn (encoding it, then writing it). Few of those moments fall
+inside the ``write`` call itself (encoding takes longer), so every other cycle the child also tears
+one event on purpose (writes its first half, as a kill inside ``write`` leaves it) before the kill.
+Afterwards every reported event must read back, and every other line must be a torn line that
+readers skip with a warning.
 
 Used by ``tests/test_crash_restart.py`` (a few cycles) and ``benchmarks/reliability.py`` (many).
 """
@@ -97,12 +98,18 @@ def crash_cycles(path: Path, *, cycles: int, event_bytes: int, seed: int = 0) ->
             child.wait()
             raise RuntimeError(f"crash child failed to start: {header}")
         repaired += header[1] == "True"
-        for line in child.stdout:  # at least one event is down before the kill
-            if line.strip() != "torn":
-                reported.add((run, int(line)))
-            if not tear or line.strip() == "torn":
+        # At least one event is down before the kill; without a tear, two, timing one event's turn
+        # (encode, then write) so that the kill falls anywhere in the next one.
+        seen: list[float] = []
+        for line in child.stdout:
+            if line.strip() == "torn":
                 break
-        time.sleep(rng.uniform(0.0, 0.02))
+            reported.add((run, int(line)))
+            seen.append(time.perf_counter())
+            if not tear and len(seen) == 2:
+                break
+        interval = seen[1] - seen[0] if not tear else 0.02
+        time.sleep(rng.uniform(0.0, interval))
         os.kill(child.pid, signal.SIGKILL)
         for line in child.stdout:
             if line.strip() and line.strip() != "torn":

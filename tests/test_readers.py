@@ -76,11 +76,15 @@ def test_truncated_and_non_gzip_files_are_one_line_errors(tmp_path: Path, capsys
     for path, message in ((truncated, "the gzip data ends early"), (plain, "not a gzip file")):
         with pytest.raises(TraceFormatError, match=rf"{path.name}:\d+: {message}"):
             load_pool(path)
-        with pytest.raises(TraceFormatError, match=message):
-            read_runs(path)
         assert main(["simulate", str(path)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
+    events = [START] + [{"event": "sample", "run": "r1", "i": i, "answer": "a", "tokens": i} for i in range(3000)]
+    packed = gzip.compress("".join(json.dumps(e) + "\n" for e in events).encode())
+    trace = tmp_path / "cut-trace.jsonl.gz"
+    trace.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(TraceFormatError, match=r"cut-trace\.jsonl\.gz:\d{3,}: the gzip data ends early"):
+        read_runs(trace)  # named at the line where the data stops, not at line 1
 
 
 # -- numbers and shapes ----------------------------------------------------------------------------------

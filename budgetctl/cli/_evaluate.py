@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         check_outputs([("--json", args.json), ("--plot", args.plot)], inputs=inputs, force=args.force)
     except OutputError as error:
         raise UsageError(str(error)) from None
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib: pip install 'budgetctl[plot]'")
     from .._pool import load_pool
     from ..learn._evaluate import decision_report, find_learned, gain_report, plot_reliability
     from ..policies import parse_policy

@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("pools", nargs="+", metavar="POOL", help="sample-pool files or solve trace logs")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write the policy to")
-    parser.add_argument("--force", action="store_true", help="replace an existing -o directory")
+    parser.add_argument("--force", action="store_true", help="replace an existing DIR (atomically)")
     parser.add_argument(
         "--value",
         default="auto",
@@ -106,6 +106,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Train, measure on the held-out questions, and write the artifact."""
+    from .._files import OutputError, check_output_directory
     from ..cli import UsageError
 
     value = _value(args.value)
@@ -114,9 +115,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, number in (("--eval-orders", args.eval_orders), ("--orders", args.orders)):
         if number < 1:
             raise UsageError(f"{flag} must be >= 1, got {number}")
-    from .._files import OutputError, check_output_directory
-
-    try:
+    try:  # before any work: an existing DIR needs --force; a DIR holding a pool is never replaced
         check_output_directory(args.output, inputs=args.pools, force=args.force, flag="-o")
     except OutputError as error:
         raise UsageError(str(error)) from None

@@ -1,0 +1,27 @@
+"""Fuzz the input parsers (see ``tests/fuzz_targets.py``): only documented exceptions, never a raw traceback.
+
+Sized for CI (a few seconds each); ``benchmarks/reliability.py`` runs the same targets with many
+more examples and writes the counts to ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fuzz_targets import TARGETS, Target, check
+from hypothesis import HealthCheck, given, settings
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[t.name for t in TARGETS])
+def test_parsers_raise_only_documented_errors(target: Target) -> None:
+    missing = target.missing()
+    if missing is not None:
+        pytest.skip(missing)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(target.strategy)
+    def fuzz(value: Any) -> None:
+        check(target, value)
+
+    fuzz()
