@@ -40,8 +40,8 @@ def _question(qid: str, text: str, samples: list[dict[str, Any]]) -> dict[str, A
     return {"id": qid, "dataset": "synthetic", "model": "fake", "gold": None, "question": text, "samples": samples}
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer[ReplayServer]]:
+def write_pool(directory: Path) -> Path:
+    """The module's pool: each question's mix of answers and token counts is known."""
     questions = [
         # 3 in 4 say jupiter: a majority policy settles on it.
         _question(
@@ -50,8 +50,14 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer
         _question("split", SPLIT, [{"answer": "heads", "tokens": 5}] * 20 + [{"answer": "tails", "tokens": 5}] * 20),
         _question("slow", SLOW, [{"answer": "1000000", "tokens": 4000}] * 5),
     ]
-    path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    path = directory / "pool.jsonl"
     path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    return path
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer[ReplayServer]]:
+    path = write_pool(tmp_path_factory.mktemp("pool"))
     with serve_in_thread(ReplayServer(path, seed=0, ms_per_token=1.0), startup_timeout=20) as handle:
         yield handle
 
@@ -202,7 +208,9 @@ def test_an_unreachable_upstream_is_502(upstream: RunningServer[Any]) -> None:
 
 # -- budgets and keys --------------------------------------------------------------------------------------
 def test_a_spent_budget_answers_429_with_retry_after(upstream: RunningServer[Any]) -> None:
-    server = _proxy(upstream, budget=BudgetLimits(tokens=40, window=120.0), policy="fixed:n=4")
+    # A window of months: no window boundary (which would renew the budget) falls inside the test.
+    window = 1e7
+    server = _proxy(upstream, budget=BudgetLimits(tokens=40, window=window), policy="fixed:n=4", request_concurrency=1)
     with (
         serve_in_thread(server, startup_timeout=20) as running,
         openai.OpenAI(base_url=running.base_url, api_key="k", max_retries=0) as made,
@@ -212,7 +220,7 @@ def test_a_spent_budget_answers_429_with_retry_after(upstream: RunningServer[Any
         ask(made, SPLIT, max_tokens=5)
         with pytest.raises(openai.RateLimitError) as caught:
             ask(made, SPLIT, max_tokens=5)
-        assert 1 <= int(caught.value.response.headers["retry-after"]) <= 120
+        assert 1 <= int(caught.value.response.headers["retry-after"]) <= window
         assert caught.value.body["type"] == "budget_exceeded"
         metrics = urllib.request.urlopen(f"http://{running.host}:{running.port}/metrics", timeout=10).read().decode()
         assert "budgetctl_budget_remaining_tokens 0.0" in metrics

@@ -200,7 +200,10 @@ class _Job:
             if ledger.limits.window is not None:
                 ttl = min(ttl, ledger.limits.window)
             try:
-                held = await ledger.reserve(expected, usd, ttl)
+                # Shielded: a reservation made in Redis must come back to us to be released, even
+                # when the run is cancelled meanwhile (the next await below raises, and releases it).
+                with anyio.CancelScope(shield=True):
+                    held = await ledger.reserve(expected, usd, ttl)
             except LedgerUnavailable as error:
                 self.fatal = (503, json.loads(error_body(503, f"the shared budget cannot be checked: {error}")))
                 raise Exhausted(str(error)) from None
