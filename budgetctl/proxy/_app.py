@@ -101,6 +101,8 @@ class ProxyConfig:
     redis_url: str | None = None
     #: Without Redis: ``None`` refuses every request (503); a fraction is the budget share spent locally.
     redis_fallback: float | None = None
+    #: Seconds to wait for Redis before it counts as unreachable.
+    redis_timeout: float = 2.0
     #: Name of the shared budget in Redis (replicas with the same name share it).
     budget_name: str = "default"
     #: Directory for JSONL traces (``None``: none written).
@@ -178,6 +180,7 @@ class _Job:
         self.usd = 0.0
         self.fatal: tuple[int, dict[str, Any]] | None = None
         self.refused: Refused | None = None
+        self.ledger_error: str | None = None
         self.last_error: tuple[int, dict[str, Any]] | None = None
         self.best: Hashable = None
         self.updates: MemoryObjectSendStream[tuple[str, Any]] | None = None
@@ -187,7 +190,7 @@ class _Job:
     # -- the sampler ---------------------------------------------------------------------------------
     async def sample(self) -> Sample:
         server, request = self.server, self.request
-        if self.fatal is not None or self.refused is not None:
+        if self.fatal is not None or self.refused is not None or self.ledger_error is not None:
             raise Exhausted("the request has ended")
         ledger = server.ledger
         assert ledger is not None
@@ -205,7 +208,7 @@ class _Job:
                 with anyio.CancelScope(shield=True):
                     held = await ledger.reserve(expected, usd, ttl)
             except LedgerUnavailable as error:
-                self.fatal = (503, json.loads(error_body(503, f"the shared budget cannot be checked: {error}")))
+                self.ledger_error = f"the shared budget cannot be checked: {error}"
                 raise Exhausted(str(error)) from None
             if isinstance(held, Refused):
                 self.refused = held
@@ -332,6 +335,8 @@ class _Job:
                     f"retry after {headers['Retry-After']} s" if headers else "it does not renew (no --window)"
                 )
                 return _Outcome(429, json.loads(error_body(429, message, type="budget_exceeded")), headers)
+            if self.ledger_error is not None:
+                return _Outcome(503, json.loads(error_body(503, self.ledger_error)))
             if self.last_error is not None:
                 status, body = self.last_error
                 return _Outcome(status, body)
@@ -367,7 +372,8 @@ class _Job:
 
     def summary(self, result: Result) -> dict[str, Any]:
         """The response's ``budgetctl`` object."""
-        stop_reason = "budget" if self.refused is not None and result.stop_reason == "exhausted" else result.stop_reason
+        stopped_by_budget = self.refused is not None or self.ledger_error is not None
+        stop_reason = "budget" if stopped_by_budget and result.stop_reason == "exhausted" else result.stop_reason
         return {
             "answer": _jsonable(result.answer),
             "confidence": result.confidence,
@@ -552,7 +558,7 @@ class ProxyServer:
         config = self.config
         if config.redis_url is None:
             return LocalLedger(config.budget)
-        redis = RedisLedger(config.redis_url, config.budget, name=config.budget_name)
+        redis = RedisLedger(config.redis_url, config.budget, name=config.budget_name, timeout=config.redis_timeout)
         return FallbackLedger(redis, config.redis_fallback)
 
     @asynccontextmanager
