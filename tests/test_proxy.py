@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from budgetctl._trace import read_runs  # noqa: E402
 from budgetctl.cli import main  # noqa: E402
 from budgetctl.proxy import BudgetLimits, LocalLedger, ProxyConfig, ProxyServer  # noqa: E402
 from budgetctl.proxy._ledger import Refused, Reservation  # noqa: E402
+from budgetctl.proxy._request import BadRequest, Defaults, parse_request  # noqa: E402
+from budgetctl.proxy._traces import RotatingTraces  # noqa: E402
 from budgetctl.serve import ReplayServer, RunningServer, serve_in_thread  # noqa: E402
 
 MAJORITY = "Q-majority: Which planet is largest?"
@@ -332,3 +335,55 @@ def test_bad_proxy_flags_are_one_line_errors(argv: list[str], message: str, caps
     assert main(["proxy", "--upstream", "http://127.0.0.1:9/v1", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+# -- cancellation, rotation, parsing -------------------------------------------------------------------------
+def test_a_client_that_goes_away_cancels_its_upstream_calls(client: Any, upstream: RunningServer[Any]) -> None:
+    stats = upstream.server.stats
+    before = stats.disconnected
+    with (
+        openai.OpenAI(base_url=client.base_url, api_key="k", max_retries=0, timeout=0.5) as impatient,
+        pytest.raises(openai.APITimeoutError),
+    ):
+        ask(impatient, SLOW, extra_body={"budgetctl": {"deadline": 30, "concurrency": 2}})
+    limit = time.monotonic() + 10
+    while stats.disconnected < before + 2 and time.monotonic() < limit:
+        time.sleep(0.05)
+    assert stats.disconnected >= before + 2  # both calls were closed, long before the 30 s deadline
+
+
+def test_traces_rotate_by_size_and_keep_runs_whole(tmp_path: Path) -> None:
+    traces = RotatingTraces(tmp_path, max_bytes=300)
+    for i in range(6):
+        traces.write_run([{"event": "start", "run": f"r{i}", "meta": {}}, {"event": "stop", "run": f"r{i}"}])
+    traces.close()
+    assert len(traces.files) >= 2
+    for path in traces.files:
+        runs = [json.loads(line)["run"] for line in Path(path).read_text().splitlines()]
+        assert all(runs.count(r) == 2 for r in set(runs))  # both events of a run in one file
+
+
+bodies = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5000) | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+keys = st.sampled_from(["model", "messages", "prompt", "n", "stream", "stream_options", "max_tokens", "budgetctl"])
+inner = st.sampled_from(["deadline", "policy", "max_samples", "budget", "concurrency", "extract", "meta", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(keys, bodies, max_size=6),
+    st.dictionaries(inner, bodies, max_size=4),
+    st.booleans(),
+)
+def test_any_request_body_parses_or_is_a_400(body: dict[str, Any], ours: dict[str, Any], chat: bool) -> None:
+    if ours:
+        body = {**body, "budgetctl": ours}
+    defaults = Defaults(deadline=1.0, policy="fixed:n=2", max_samples=4, concurrency=2, extract="default")
+    try:
+        parsed = parse_request(body, chat=chat, defaults=defaults)
+    except BadRequest:
+        return
+    assert parsed.deadline > 0 and parsed.concurrency >= 1 and "budgetctl" not in parsed.upstream_body
