@@ -340,6 +340,10 @@ class _Job:
             if self.last_error is not None:
                 status, body = self.last_error
                 return _Outcome(status, body)
+            if result.stop_reason == "budget" and result.n_failed == 0:
+                # The scheduler's admission control: no upstream slot would free before the deadline.
+                message = "the proxy is at capacity: no upstream slot frees before this request's deadline"
+                return _Outcome(503, json.loads(error_body(503, message, type="overloaded")), {"Retry-After": "1"})
             message = f"no sample came back within the deadline ({self.request.deadline:g} s)"
             return _Outcome(504, json.loads(error_body(504, message, type="timeout_error")))
         text, finish = chosen
