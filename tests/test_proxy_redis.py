@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -235,3 +236,49 @@ def test_a_proxy_whose_redis_is_down_answers_503(upstream: Any) -> None:
         with pytest.raises(openai.APIStatusError) as caught:
             ask(made, SPLIT)
         assert caught.value.status_code == 503 and "unreachable" in caught.value.message
+
+
+def test_a_cancelled_request_releases_its_reservations_at_once(redis_url: str, upstream: Any) -> None:
+    from test_proxy import SLOW
+
+    name = _name()
+    config = ProxyConfig(
+        upstream=upstream.base_url,
+        deadline=30.0,  # reservations would live 40 s: coming back sooner is the release, not the expiry
+        budget=BudgetLimits(tokens=100_000),
+        redis_url=redis_url,
+        budget_name=name,
+    )
+
+    async def remaining() -> float | None:
+        ledger = RedisLedger(redis_url, config.budget, name=name)
+        try:
+            return (await ledger.remaining()).tokens
+        finally:
+            await ledger.aclose()
+
+    with (
+        serve_in_thread(ProxyServer(config), startup_timeout=20) as running,
+        openai.OpenAI(base_url=running.base_url, api_key="k", max_retries=0, timeout=3.0) as impatient,
+    ):
+        errors: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                ask(impatient, SLOW, extra_body={"budgetctl": {"concurrency": 3}})  # its samples take 4 s
+            except BaseException as error:
+                errors.append(error)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        limit = time.monotonic() + 10
+        while anyio.run(remaining) == 100_000 and time.monotonic() < limit:
+            time.sleep(0.02)
+        held = anyio.run(remaining)
+        caller.join(timeout=30)
+        assert held is not None and held < 100_000  # the calls had reserved
+        assert errors and isinstance(errors[0], openai.APITimeoutError)  # the client gave up after 3 s
+        limit = time.monotonic() + 10
+        while anyio.run(remaining) != 100_000 and time.monotonic() < limit:
+            time.sleep(0.05)
+        assert anyio.run(remaining) == 100_000

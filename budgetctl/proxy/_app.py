@@ -185,6 +185,7 @@ class _Job:
         self.best: Hashable = None
         self.updates: MemoryObjectSendStream[tuple[str, Any]] | None = None
         self.started = 0.0
+        self.started_wall = 0.0
         self.wall = 0.0
 
     # -- the sampler ---------------------------------------------------------------------------------
@@ -308,6 +309,7 @@ class _Job:
         scheduler = server.scheduler
         assert scheduler is not None
         self.started = anyio.current_time()
+        self.started_wall = time.time()
         budget = Budget(samples=request.max_samples, tokens=request.tokens, dollars=request.usd)
         result = await scheduler.solve(
             self.sample, deadline=request.deadline, policy=self.policy, budget=budget, concurrency=request.concurrency
@@ -725,7 +727,9 @@ class ProxyServer:
         assert self.traces is not None
         try:
             self.traces.write_run(
-                run_events(job.id, config=config, meta=meta, samples=job.samples, result=result, started=time.time())
+                run_events(
+                    job.id, config=config, meta=meta, samples=job.samples, result=result, started=job.started_wall
+                )
             )
         except OSError as error:  # a full disk must not take the answer down with it
             log.error("could not write a trace to %s: %s", self.traces.directory, error)
