@@ -33,6 +33,7 @@ from budgetctl.proxy._ledger import Refused, Reservation  # noqa: E402
 from budgetctl.proxy._request import BadRequest, Defaults, parse_request  # noqa: E402
 from budgetctl.proxy._traces import RotatingTraces  # noqa: E402
 from budgetctl.serve import ReplayServer, RunningServer, serve_in_thread  # noqa: E402
+from budgetctl.serve._limits import ServerLimits  # noqa: E402
 
 MAJORITY = "Q-majority: Which planet is largest?"
 SPLIT = "Q-split: Heads or tails?"
@@ -387,3 +388,62 @@ def test_any_request_body_parses_or_is_a_400(body: dict[str, Any], ours: dict[st
     except BadRequest:
         return
     assert parsed.deadline > 0 and parsed.concurrency >= 1 and "budgetctl" not in parsed.upstream_body
+
+
+class _EchoUpstream:
+    """A minimal OpenAI-compatible upstream that answers "The answer is 7." and records each Authorization header."""
+
+    def __init__(self) -> None:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        self.seen: list[str | None] = []
+
+        async def chat(request: Request) -> JSONResponse:
+            self.seen.append(request.headers.get("authorization"))
+            message = {"role": "assistant", "content": "The answer is 7."}
+            return JSONResponse(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+                }
+            )
+
+        self.app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+        self.limits = ServerLimits()
+
+
+def test_keys_go_upstream_as_documented_and_never_into_traces(tmp_path: Path) -> None:
+    echo = _EchoUpstream()
+    with serve_in_thread(echo, startup_timeout=20) as up:
+        plain = ProxyServer(ProxyConfig(upstream=up.base_url, policy="fixed:n=1", trace_dir=str(tmp_path / "a")))
+        with (
+            serve_in_thread(plain, startup_timeout=20) as running,
+            openai.OpenAI(base_url=running.base_url, api_key="client-secret", max_retries=0) as made,
+        ):
+            assert ask(made).model_extra["budgetctl"]["answer"] == 7
+        assert set(echo.seen) == {"Bearer client-secret"}  # no keys of its own: the client's key passes through
+        before = len(echo.seen)
+        guarded = ProxyServer(
+            ProxyConfig(
+                upstream=up.base_url,
+                policy="fixed:n=1",
+                api_keys=("sesame",),
+                upstream_api_key="upstream-secret",
+                trace_dir=str(tmp_path / "b"),
+            )
+        )
+        with (
+            serve_in_thread(guarded, startup_timeout=20) as running,
+            openai.OpenAI(base_url=running.base_url, api_key="sesame", max_retries=0) as made,
+        ):
+            ask(made)
+        assert set(echo.seen[before:]) == {"Bearer upstream-secret"}  # its own key stays with the proxy
+    written = "".join(p.read_text() for p in tmp_path.rglob("*.jsonl"))
+    assert written and not any(secret in written for secret in ("client-secret", "sesame", "upstream-secret"))
