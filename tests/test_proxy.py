@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +30,10 @@ from budgetctl._trace import read_runs  # noqa: E402
 from budgetctl.cli import main  # noqa: E402
 from budgetctl.proxy import BudgetLimits, LocalLedger, ProxyConfig, ProxyServer  # noqa: E402
 from budgetctl.proxy._ledger import Refused, Reservation  # noqa: E402
+from budgetctl.proxy._request import BadRequest, Defaults, parse_request  # noqa: E402
+from budgetctl.proxy._traces import RotatingTraces  # noqa: E402
 from budgetctl.serve import ReplayServer, RunningServer, serve_in_thread  # noqa: E402
+from budgetctl.serve._limits import ServerLimits  # noqa: E402
 
 MAJORITY = "Q-majority: Which planet is largest?"
 SPLIT = "Q-split: Heads or tails?"
@@ -40,8 +44,8 @@ def _question(qid: str, text: str, samples: list[dict[str, Any]]) -> dict[str, A
     return {"id": qid, "dataset": "synthetic", "model": "fake", "gold": None, "question": text, "samples": samples}
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer[ReplayServer]]:
+def write_pool(directory: Path) -> Path:
+    """The module's pool: each question's mix of answers and token counts is known."""
     questions = [
         # 3 in 4 say jupiter: a majority policy settles on it.
         _question(
@@ -50,8 +54,14 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer
         _question("split", SPLIT, [{"answer": "heads", "tokens": 5}] * 20 + [{"answer": "tails", "tokens": 5}] * 20),
         _question("slow", SLOW, [{"answer": "1000000", "tokens": 4000}] * 5),
     ]
-    path = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    path = directory / "pool.jsonl"
     path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    return path
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer[ReplayServer]]:
+    path = write_pool(tmp_path_factory.mktemp("pool"))
     with serve_in_thread(ReplayServer(path, seed=0, ms_per_token=1.0), startup_timeout=20) as handle:
         yield handle
 
@@ -202,7 +212,9 @@ def test_an_unreachable_upstream_is_502(upstream: RunningServer[Any]) -> None:
 
 # -- budgets and keys --------------------------------------------------------------------------------------
 def test_a_spent_budget_answers_429_with_retry_after(upstream: RunningServer[Any]) -> None:
-    server = _proxy(upstream, budget=BudgetLimits(tokens=40, window=120.0), policy="fixed:n=4")
+    # A window of months: no window boundary (which would renew the budget) falls inside the test.
+    window = 1e7
+    server = _proxy(upstream, budget=BudgetLimits(tokens=40, window=window), policy="fixed:n=4", request_concurrency=1)
     with (
         serve_in_thread(server, startup_timeout=20) as running,
         openai.OpenAI(base_url=running.base_url, api_key="k", max_retries=0) as made,
@@ -212,7 +224,7 @@ def test_a_spent_budget_answers_429_with_retry_after(upstream: RunningServer[Any
         ask(made, SPLIT, max_tokens=5)
         with pytest.raises(openai.RateLimitError) as caught:
             ask(made, SPLIT, max_tokens=5)
-        assert 1 <= int(caught.value.response.headers["retry-after"]) <= 120
+        assert 1 <= int(caught.value.response.headers["retry-after"]) <= window
         assert caught.value.body["type"] == "budget_exceeded"
         metrics = urllib.request.urlopen(f"http://{running.host}:{running.port}/metrics", timeout=10).read().decode()
         assert "budgetctl_budget_remaining_tokens 0.0" in metrics
@@ -324,3 +336,114 @@ def test_bad_proxy_flags_are_one_line_errors(argv: list[str], message: str, caps
     assert main(["proxy", "--upstream", "http://127.0.0.1:9/v1", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+# -- cancellation, rotation, parsing -------------------------------------------------------------------------
+def test_a_client_that_goes_away_cancels_its_upstream_calls(client: Any, upstream: RunningServer[Any]) -> None:
+    stats = upstream.server.stats
+    before = stats.disconnected
+    with (
+        openai.OpenAI(base_url=client.base_url, api_key="k", max_retries=0, timeout=0.5) as impatient,
+        pytest.raises(openai.APITimeoutError),
+    ):
+        ask(impatient, SLOW, extra_body={"budgetctl": {"deadline": 30, "concurrency": 2}})
+    limit = time.monotonic() + 10
+    while stats.disconnected < before + 2 and time.monotonic() < limit:
+        time.sleep(0.05)
+    assert stats.disconnected >= before + 2  # both calls were closed, long before the 30 s deadline
+
+
+def test_traces_rotate_by_size_and_keep_runs_whole(tmp_path: Path) -> None:
+    traces = RotatingTraces(tmp_path, max_bytes=300)
+    for i in range(6):
+        traces.write_run([{"event": "start", "run": f"r{i}", "meta": {}}, {"event": "stop", "run": f"r{i}"}])
+    traces.close()
+    assert len(traces.files) >= 2
+    for path in traces.files:
+        runs = [json.loads(line)["run"] for line in Path(path).read_text().splitlines()]
+        assert all(runs.count(r) == 2 for r in set(runs))  # both events of a run in one file
+
+
+bodies = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5000) | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+keys = st.sampled_from(["model", "messages", "prompt", "n", "stream", "stream_options", "max_tokens", "budgetctl"])
+inner = st.sampled_from(["deadline", "policy", "max_samples", "budget", "concurrency", "extract", "meta", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(keys, bodies, max_size=6),
+    st.dictionaries(inner, bodies, max_size=4),
+    st.booleans(),
+)
+def test_any_request_body_parses_or_is_a_400(body: dict[str, Any], ours: dict[str, Any], chat: bool) -> None:
+    if ours:
+        body = {**body, "budgetctl": ours}
+    defaults = Defaults(deadline=1.0, policy="fixed:n=2", max_samples=4, concurrency=2, extract="default")
+    try:
+        parsed = parse_request(body, chat=chat, defaults=defaults)
+    except BadRequest:
+        return
+    assert parsed.deadline > 0 and parsed.concurrency >= 1 and "budgetctl" not in parsed.upstream_body
+
+
+class _EchoUpstream:
+    """A minimal OpenAI-compatible upstream that answers "The answer is 7." and records each Authorization header."""
+
+    def __init__(self) -> None:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        self.seen: list[str | None] = []
+
+        async def chat(request: Request) -> JSONResponse:
+            self.seen.append(request.headers.get("authorization"))
+            message = {"role": "assistant", "content": "The answer is 7."}
+            return JSONResponse(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+                }
+            )
+
+        self.app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+        self.limits = ServerLimits()
+
+
+def test_keys_go_upstream_as_documented_and_never_into_traces(tmp_path: Path) -> None:
+    echo = _EchoUpstream()
+    with serve_in_thread(echo, startup_timeout=20) as up:
+        plain = ProxyServer(ProxyConfig(upstream=up.base_url, policy="fixed:n=1", trace_dir=str(tmp_path / "a")))
+        with (
+            serve_in_thread(plain, startup_timeout=20) as running,
+            openai.OpenAI(base_url=running.base_url, api_key="client-secret", max_retries=0) as made,
+        ):
+            assert ask(made).model_extra["budgetctl"]["answer"] == 7
+        assert set(echo.seen) == {"Bearer client-secret"}  # no keys of its own: the client's key passes through
+        before = len(echo.seen)
+        guarded = ProxyServer(
+            ProxyConfig(
+                upstream=up.base_url,
+                policy="fixed:n=1",
+                api_keys=("sesame",),
+                upstream_api_key="upstream-secret",
+                trace_dir=str(tmp_path / "b"),
+            )
+        )
+        with (
+            serve_in_thread(guarded, startup_timeout=20) as running,
+            openai.OpenAI(base_url=running.base_url, api_key="sesame", max_retries=0) as made,
+        ):
+            ask(made)
+        assert set(echo.seen[before:]) == {"Bearer upstream-secret"}  # its own key stays with the proxy
+    written = "".join(p.read_text() for p in tmp_path.rglob("*.jsonl"))
+    assert written and not any(secret in written for secret in ("client-secret", "sesame", "upstream-secret"))

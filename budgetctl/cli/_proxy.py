@@ -57,6 +57,9 @@ def register(subparsers: Any) -> None:
         help="when Redis is unreachable: refuse requests (503, default) or spend FRACTION of the budget locally",
     )
     budget.add_argument("--budget-name", default="default", help="name of the shared budget in Redis")
+    budget.add_argument(
+        "--redis-timeout", type=float, default=2.0, help="seconds before Redis counts as unreachable (default: 2)"
+    )
     traces = parser.add_argument_group("traces and metrics")
     traces.add_argument("--trace", default=None, metavar="DIR", help="write JSONL traces (train/simulate read them)")
     traces.add_argument("--trace-max-mb", type=float, default=64.0, help="MB per trace file (default: %(default)s)")
@@ -112,6 +115,8 @@ def config_from_arguments(args: argparse.Namespace) -> Any:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.max_samples < 0:
         raise ValueError(f"--max-samples must be >= 0, got {args.max_samples}")
+    if not (math.isfinite(args.redis_timeout) and args.redis_timeout > 0):
+        raise ValueError(f"--redis-timeout must be a number > 0, got {args.redis_timeout}")
     if args.sample_timeout is not None and not args.sample_timeout > 0:
         raise ValueError(f"--sample-timeout must be > 0, got {args.sample_timeout}")
     fallback: float | None = None
@@ -145,6 +150,7 @@ def config_from_arguments(args: argparse.Namespace) -> Any:
         redis_url=args.redis,
         redis_fallback=fallback,
         budget_name=args.budget_name,
+        redis_timeout=args.redis_timeout,
         trace_dir=args.trace,
         trace_max_bytes=max(1, int(args.trace_max_mb * 1e6)),
         trace_prompts=args.trace_prompts,

@@ -50,14 +50,17 @@ class ProxyMetrics:
         self.spend = prometheus.Counter("budgetctl_spend_usd", "Dollars spent upstream (with --price).", registry=r)
         self.remaining_tokens = prometheus.Gauge(
             "budgetctl_budget_remaining_tokens",
-            "Generated tokens left in the shared budget's current window (as of the last request).",
+            "Generated tokens left in the shared budget's current window (read at each scrape; NaN: no token budget).",
             registry=r,
         )
         self.remaining_usd = prometheus.Gauge(
             "budgetctl_budget_remaining_usd",
-            "Dollars left in the shared budget's current window (as of the last request).",
+            "Dollars left in the shared budget's current window (read at each scrape; NaN: no dollar budget).",
             registry=r,
         )
+        # NaN (unknown) until a budget is set and read: 0 would say the budget is spent.
+        self.remaining_tokens.set(float("nan"))
+        self.remaining_usd.set(float("nan"))
         self.deadline_misses = prometheus.Counter(
             "budgetctl_deadline_misses",
             "Requests answered after their deadline.",
