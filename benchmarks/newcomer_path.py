@@ -140,9 +140,9 @@ def measure(base: Path) -> list[Step]:
     summary = output.splitlines()[-1].strip("= ") if output else ""
     steps.append(Step("README, second command: the tests", "python -m pytest", seconds, summary))
     steps += serve_and_ask(clone, env)
-    train = f"budgetctl train {DEMO} -o policies/demo --value 0.02 --holdout 0.2"
+    train = f"budgetctl train {DEMO} -o policies/demo --model linear --value 0.02"
     seconds, _ = shell(f". .venv/bin/activate && {train}", clone, env)
-    steps.append(Step("`budgetctl train` on the demo pool (gbm)", train, seconds))
+    steps.append(Step("`budgetctl train` on the demo pool (linear gain model)", train, seconds))
     simulate = "budgetctl simulate --policy policies/demo --policy ac:threshold=0.95 --no-progress"
     seconds, _ = shell(f". .venv/bin/activate && {simulate}", clone, env)
     steps.append(Step("`budgetctl simulate` of the trained policy on the demo pool", simulate, seconds))
@@ -166,7 +166,28 @@ def render(steps: list[Step], load: tuple[float, float, float]) -> str:
     ]
     lines += [f"| {s.name} | `{s.command}` | {s.seconds:.1f} | {s.note} |" for s in steps]
     lines += ["", f"End to end: {total:.0f} s ({total / 60:.1f} min)."]
+    blocks = doc_blocks()
+    lines += [
+        "",
+        f"The code blocks of README.md and docs/*.md that a newcomer copies from: {blocks['run']} are run by the "
+        f"tests (`tests/test_docs.py`), {blocks['illustrative']} are marked illustrative (they need a model "
+        f"server, or minutes of training, or make a virtual environment: the steps above time those), "
+        f"{blocks['checked']} JSON examples are parsed and checked against what the code writes, and "
+        f"{blocks['output']} show output.",
+    ]
     return "\n".join(lines)
+
+
+def doc_blocks() -> dict[str, int]:
+    """How many code blocks of the docs the tests run, and how many are illustrative (``tests/test_docs.py``)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_docs import tally
+
+    totals: dict[str, int] = {}
+    for counter in tally().values():
+        for key, value in counter.items():
+            totals[key] = totals.get(key, 0) + value
+    return {key: totals.get(key, 0) for key in ("run", "illustrative", "checked", "output")}
 
 
 def main() -> int:
