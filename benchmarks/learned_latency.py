@@ -10,7 +10,7 @@ median and tail over all calls of the best pass. Besides the shipped default (an
 gradient-boosting and a linear policy with the default hyperparameters are fitted on a slice of the
 pools, for comparison (their latency depends on their size, not on how much data they saw).
 
-Target (issue 6): p50 under 50 µs per decision on this machine.
+Target: p50 under 50 µs per decision on this machine.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
    sleep 20-200 ms (so samples are in flight at the deadline); lateness is when each call returned
    minus when its deadline fell, p50 and p99 over all calls, next to the same loop in bare anyio.
 
-Targets (issue 2): overhead < 50 us/sample; p99 lateness < 5 ms at 1,000 concurrent solves.
+Targets: overhead < 50 us/sample; p99 lateness < 5 ms at 1,000 concurrent solves.
 
     python benchmarks/runtime_overhead.py            # measures, prints, rewrites "## Runtime" in docs/benchmarks.md
     python benchmarks/runtime_overhead.py --quick    # smaller sizes, nothing written

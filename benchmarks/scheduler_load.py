@@ -12,7 +12,7 @@
    each of three waves of ``N`` requests has ended, with the scheduler still open and after it
    closes; tasks alive before and after. Flat means: later waves end where the first did.
 
-Target (issue 5): under 20 us per decision; memory flat after the requests end.
+Target: under 20 us per decision; memory flat after the requests end.
 
     python benchmarks/scheduler_load.py            # measures, prints, rewrites "## Scheduler" in docs/benchmarks.md
     python benchmarks/scheduler_load.py --quick    # 1,000 requests, nothing written
@@ -235,7 +235,7 @@ def render(
         "",
         f"Command: `{command}` ({machine_note()}; load average {load} while it ran).",
         "",
-        f"Target (issue 5): under {TARGET_US:.0f} us per scheduling decision; memory flat after the requests end.",
+        f"Target: under {TARGET_US:.0f} us per scheduling decision; memory flat after the requests end.",
         "A decision is the scheduler's own work: a returned sample's slot freed and the request's new"
         " priority (LookaheadGain over 3 horizons) and place in the queue, then the best request popped,"
         " the capacity checked and the launch counted. Not included: the request's own stop policy"

@@ -1,4 +1,4 @@
-"""Leave-one-dataset-out evaluation of the learned stop policy over ../shared/traces (issue 6).
+"""Leave-one-dataset-out evaluation of the learned stop policy over ../shared/traces.
 
     python simulations/learned_lodo.py                      # main model (mlp) + linear; ~30-60 min on 2 cores
     python simulations/learned_lodo.py --models mlp,gbm,linear --eval-orders 50 --write

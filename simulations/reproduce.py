@@ -13,7 +13,6 @@ Everything goes through ``budgetctl.simulate`` (the same policy objects live run
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,66 +28,41 @@ def pct(x: float) -> str:
 
 def tot_table(orders: int) -> list[str]:
     path = SHARED / "tot_game24_gpt4.jsonl"
-    result = simulate(path, ["fixed:n=1", "fixed:n=100"], orders=orders, skip_bad=True, jobs=None)
+    result = simulate(path, ["fixed:n=1", "fixed:n=100"], orders=orders, jobs=None)
     by = {d.dataset: d for d in result.datasets}
-    # The one question skipped for its negative token counts (a defect of the source data) still
-    # has correctness flags: count it by them, so the figures are over all 100 puzzles.
-    extra: dict[str, tuple[float, float]] = {}
-    for file, line, _ in result.skipped:
-        record = json.loads(Path(file).read_text().splitlines()[line - 1])
-        flags = [bool(s["correct"]) for s in record["samples"]]
-        extra[record["dataset"]] = (sum(flags) / len(flags), float(any(flags)))
-
-    def over_all(dataset: str, value: float, kind: str) -> float:
-        n = by[dataset].n_questions
-        if dataset not in extra:
-            return value
-        single, anyright = extra[dataset]
-        added = {"single": single, "any": anyright, "majority": None}[kind]
-        if added is None:  # majority of the skipped question: its flags alone cannot say; count as wrong
-            added = 0.0
-        return (value * n + added) / (n + 1)
-
     io, cot = by["game24_standard"], by["game24_cot"]
+    # (method, the paper's figure, ours, whether it depends on voting)
     rows = [
-        ("IO (one sample)", "7.3%", over_all("game24_standard", io.row("fixed:n=1").accuracy, "single")),
-        ("CoT (one sample)", "4.0%", over_all("game24_cot", cot.row("fixed:n=1").accuracy, "single")),
-        ("CoT-SC, majority of 100", "9.0%", over_all("game24_cot", cot.row("fixed:n=100").accuracy, "majority")),
-        (
-            "IO best of 100 (any verified)",
-            "33%",
-            over_all("game24_standard", io.row("best-of-100 (verifier)").accuracy, "any"),
-        ),
-        (
-            "CoT best of 100 (any verified)",
-            "49%",
-            over_all("game24_cot", cot.row("best-of-100 (verifier)").accuracy, "any"),
-        ),
+        ("IO (one sample)", 0.073, io.row("fixed:n=1").accuracy, False),
+        ("CoT (one sample)", 0.040, cot.row("fixed:n=1").accuracy, False),
+        ("CoT-SC, majority of 100", 0.090, cot.row("fixed:n=100").accuracy, True),
+        ("IO best of 100 (any verified)", 0.33, io.row("best-of-100 (verifier)").accuracy, False),
+        ("CoT best of 100 (any verified)", 0.49, cot.row("best-of-100 (verifier)").accuracy, False),
     ]
+    puzzles = {d.n_questions for d in (io, cot)}
     lines = [
         "## Tree of Thoughts, Table 2 (Game of 24, GPT-4)",
         "",
-        f"Command: `python simulations/reproduce.py` ({orders} orders, seed 0; pool `tot_game24_gpt4.jsonl`).",
+        f"Command: `python simulations/reproduce.py` ({orders} orders, seed 0; pool `tot_game24_gpt4.jsonl`, "
+        f"{' and '.join(map(str, sorted(puzzles)))} puzzles per prompt).",
         "",
         "| method | paper | budgetctl |",
         "|---|---|---|",
     ]
-    lines += [f"| {name} | {paper} | {pct(ours)} |" for name, paper, ours in rows]
-    skipped = ", ".join(f"`{Path(f).name}:{n}`" for f, n, _ in result.skipped) or "none"
+    lines += [f"| {name} | {pct(paper)} | {pct(ours)} |" for name, paper, ours, _ in rows]
+    unvoted = max(abs(ours - paper) for _, paper, ours, voted in rows if not voted)
+    _, sc_paper, sc_ours, _ = rows[2]
     lines += [
         "",
         "One sample's accuracy is averaged over the 100 samples of each puzzle (orders average it out); "
         "best-of-100 is the verifier's pick (the pool's exact checker, score 1 = a correct expression), so it "
         "equals pass@100. Majority voting over expressions is nearly useless here (different correct "
         "expressions do not vote together), which is why CoT-SC gains little, as in the paper. The paper's "
-        "CoT-SC figure (9.0%) is about a point above ours: the released logs carry the final expressions as the "
+        f"CoT-SC figure ({pct(sc_paper)}) is {100 * (sc_paper - sc_ours):.1f} points "
+        f"{'above' if sc_paper >= sc_ours else 'below'} ours: the released logs carry the final expressions as the "
         "paper's harness extracted them, and we vote on those strings exactly (after trimming and case-folding); "
         "a vote on equivalent expressions (commuted operands) would merge more votes than ours. The single-sample "
-        "and best-of rows, which do not depend on voting, match to 0.3 point.",
-        f"Skipped line(s) {skipped}: negative token counts in the source log (its `puzzle_completion_tokens` is "
-        "negative); `budgetctl simulate` refuses such a line unless `--skip-bad`. Its correctness flags are "
-        "still counted above for the single-sample and best-of rows so that every figure is over 100 puzzles; "
-        "its majority is counted as wrong.",
+        f"and best-of rows, which do not depend on voting, match to {100 * unvoted:.1f} point.",
         "",
     ]
     return lines
@@ -153,14 +127,13 @@ def all_pools(orders: int) -> list[str]:
         pools,
         ["ac:threshold=0.95", "esc:window=5", "fixed:n=40"],
         orders=orders,
-        skip_bad=True,
         latency=latency,
         jobs=None,
     )
     lines = [
         "## The two defaults on every pool, with accuracy by deadline",
         "",
-        f"Command: `python simulations/reproduce.py` ({orders} orders, seed 0, all pools, `--skip-bad`). Latency "
+        f"Command: `python simulations/reproduce.py` ({orders} orders, seed 0, all pools). Latency "
         "model for the deadline columns: 80 ms to the first token, 15 ms per token, 4 samples in flight "
         "(costs and accuracies in the other columns do not depend on it, except that 4 in flight draw a few "
         "samples more before a stop than one at a time).",

@@ -57,8 +57,8 @@ def main() -> int:
         "",
         f"{len(POLICIES)} rule policies ({', '.join(f'`{p}`' for p in POLICIES)}) plus the reference curves and "
         f"oracles (fixed-N majority for every N, cost oracle, pass@k, best-of-N), {args.orders} orders per question, "
-        f"{len(pool.questions)} questions from every pool in `../shared/traces` "
-        f"({len(pool.skipped)} malformed line skipped).",
+        f"{len(pool.questions)} questions from every pool in `../shared/traces`"
+        f"{f' ({len(pool.skipped)} malformed line(s) skipped)' if pool.skipped else ''}.",
         "",
         "| processes | wall time | sample-steps | sample-steps per second | target |",
         "|---|---|---|---|---|",

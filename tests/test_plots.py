@@ -166,4 +166,4 @@ def test_a_trace_without_gold_answers_says_so(tmp_path: Path, capsys: pytest.Cap
     assert simulate_cli(str(trace), "--orders", "2") == 0
     captured = capsys.readouterr()
     assert "(no dataset name): 2 questions" in captured.out
-    assert "has no gold answers" in captured.err and "meta={'gold': ...}" in captured.err
+    assert f"({trace}, 2 questions) has no gold answers" in captured.err and "meta={'gold': ...}" in captured.err

@@ -279,8 +279,10 @@ def _warn_without_gold(pool: Pool) -> None:
     for dataset, questions in pool.by_dataset().items():
         if any(q.correct_keys for q in questions):
             continue
+        origin = questions[0].origin
+        where = next((f for f in pool.files if origin.startswith(f)), origin)
         print(
-            f"budgetctl simulate: note: dataset {dataset_label(dataset)!r} ({questions[0].origin.rsplit(':', 1)[0]}, "
+            f"budgetctl simulate: note: dataset {dataset_label(dataset)!r} ({where}, "
             f"{len(questions)} questions) has no gold answers, so its accuracy reads 0; costs and stop reasons are "
             "still right. A trace of live runs (`budgetctl ask`, solve(trace=...)) carries a gold answer only "
             "where meta={'gold': ...} was given.",
