@@ -62,10 +62,15 @@ def simulate_cli(*argv: str) -> int:
 
 
 def test_frontier_and_deadline_pngs_are_written(pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    png = tmp_path / "frontier.png"
+    png, out = tmp_path / "frontier.png", tmp_path / "r.json"
     argv = [str(pool), "--policy", "fixed:n=12", "--policy", "ac:threshold=0.95", "--sweep", "ac:threshold=0.5..0.99"]
-    assert simulate_cli(*argv, "--orders", "4", "--ttft-ms", "80", "--ms-per-token", "15", "--plot", str(png)) == 0
+    timed = ["--ttft-ms", "80", "--ms-per-token", "15", "--json", str(out)]
+    assert simulate_cli(*argv, "--orders", "4", *timed, "--plot", str(png)) == 0
     printed = capsys.readouterr().out
+    # The curve gets the 1-2-5 steps between the deadlines asked for; the table keeps to those.
+    at = json.loads(out.read_text())["policies"][0]["accuracy_at_deadline"]
+    assert list(at) == ["0.1", "0.2", "0.5", "1", "2", "5", "10"]
+    assert "acc @ 0.1 s  acc @ 1 s  acc @ 10 s" in printed and "acc @ 0.2 s" not in printed
     twin = tmp_path / "frontier-deadlines.png"
     assert f"wrote {png}" in printed and f"wrote {twin}" in printed
     for path in (png, twin):
