@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import budgetctl as bc
 from budgetctl.cli import main
@@ -60,10 +62,15 @@ def simulate_cli(*argv: str) -> int:
 
 
 def test_frontier_and_deadline_pngs_are_written(pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    png = tmp_path / "frontier.png"
+    png, out = tmp_path / "frontier.png", tmp_path / "r.json"
     argv = [str(pool), "--policy", "fixed:n=12", "--policy", "ac:threshold=0.95", "--sweep", "ac:threshold=0.5..0.99"]
-    assert simulate_cli(*argv, "--orders", "4", "--ttft-ms", "80", "--ms-per-token", "15", "--plot", str(png)) == 0
+    timed = ["--ttft-ms", "80", "--ms-per-token", "15", "--json", str(out)]
+    assert simulate_cli(*argv, "--orders", "4", *timed, "--plot", str(png)) == 0
     printed = capsys.readouterr().out
+    # The curve gets the 1-2-5 steps between the deadlines asked for; the table keeps to those.
+    at = json.loads(out.read_text())["policies"][0]["accuracy_at_deadline"]
+    assert list(at) == ["0.1", "0.2", "0.5", "1", "2", "5", "10"]
+    assert "acc @ 0.1 s  acc @ 1 s  acc @ 10 s" in printed and "acc @ 0.2 s" not in printed
     twin = tmp_path / "frontier-deadlines.png"
     assert f"wrote {png}" in printed and f"wrote {twin}" in printed
     for path in (png, twin):
@@ -167,3 +174,25 @@ def test_a_trace_without_gold_answers_says_so(tmp_path: Path, capsys: pytest.Cap
     captured = capsys.readouterr()
     assert "(no dataset name): 2 questions" in captured.out
     assert f"({trace}, 2 questions) has no gold answers" in captured.err and "meta={'gold': ...}" in captured.err
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    low=st.floats(min_value=0.0, max_value=0.999, allow_nan=False),
+    width=st.floats(min_value=1e-3, max_value=100.0, allow_nan=False),
+    points=st.integers(min_value=2, max_value=30),
+    integral=st.booleans(),
+)
+def test_sweep_values_are_distinct_ordered_and_span_the_range(
+    low: float, width: float, points: int, integral: bool
+) -> None:
+    if integral:
+        low, high = int(low * 10), int(low * 10) + max(1, int(width))
+        text = f"fixed:n={low}..{high}"
+    else:
+        high = low + width
+        text = f"ac:threshold={low!r}..{high!r}"
+    values = [float(spec.partition("=")[2]) for spec in sweep_specs(text, points)]
+    assert len(values) == len(set(values)) and 1 < len(values) <= points
+    assert values == sorted(values)
+    assert values[0] == pytest.approx(low, rel=1e-3, abs=1e-9) and values[-1] == pytest.approx(high, rel=1e-3)

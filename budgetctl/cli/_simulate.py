@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import sys
+from dataclasses import replace
 from typing import Any
 
 from .._budget import Budget
@@ -78,7 +79,8 @@ def register(subparsers: Any) -> None:
         "--deadlines",
         default="0.1,1,10",
         metavar="S,S,...",
-        help="deadlines at which to report accuracy, with a timed latency model (default 0.1,1,10)",
+        help="deadlines at which to report accuracy, with a timed latency model (default 0.1,1,10); with --plot, "
+        "the steps of 1, 2 and 5 between them are simulated too, for the curve",
     )
     parser.add_argument("--budget-samples", type=int, default=None, metavar="N", help="cap on samples per question")
     parser.add_argument("--budget-tokens", type=int, default=None, metavar="N", help="cap on tokens per question")
@@ -239,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scheduler is not None:
         return _run_scheduler(args, loaded, latency)
     budget = Budget(samples=args.budget_samples, tokens=args.budget_tokens)
+    deadlines = _deadlines(args.deadlines)
     result = simulate(
         loaded,
         policies,
@@ -248,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         budget=budget,
         latency=latency,
         deadline=args.deadline,
-        deadlines=_deadlines(args.deadlines),
+        deadlines=_plot_deadlines(deadlines) if args.plot and latency.timed else deadlines,
         price_per_token=args.price_per_1k / 1000.0,
         jobs=args.jobs,
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
@@ -258,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump(result.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(format_table(result))
+        print(format_table(replace(result, deadlines=tuple(d for d in result.deadlines if d in deadlines))))
         if args.json:
             atomic_write(args.json, json.dumps(result.to_dict(), indent=2))
             print(f"wrote {args.json}")
@@ -268,6 +271,22 @@ def run(args: argparse.Namespace) -> int:
             for path in written:
                 print(f"wrote {path}")
     return 0
+
+
+def _plot_deadlines(deadlines: tuple[float, ...]) -> tuple[float, ...]:
+    """The deadlines of ``--deadlines`` and the 1-2-5 steps between them, for a smooth accuracy-by-deadline curve.
+
+    ``0.1,1,10`` gives 0.1, 0.2, 0.5, 1, 2, 5, 10; the table still shows only those asked for.
+    """
+    if len(deadlines) < 2:
+        return deadlines
+    low, high = min(deadlines), max(deadlines)
+    steps = {
+        round(m * 10.0**e, 12)
+        for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+        for m in (1.0, 2.0, 5.0)
+    }
+    return tuple(sorted({*deadlines, *(d for d in steps if low <= d <= high)}))
 
 
 def _warn_without_gold(pool: Pool) -> None:

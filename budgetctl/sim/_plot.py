@@ -82,7 +82,7 @@ def plot_frontier(result: SimulationResult, path: str | os.PathLike[str]) -> lis
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     figure.suptitle(f"accuracy against cost: mean over questions and {result.orders} orders (seed {result.seed})")
-    _legend_outside(figure, axes.flat[0])
+    _legend_outside(figure)
     written = [_save(figure, path, plt)]
     if result.deadlines and any(r.accuracy_at_deadline for r in result.overall.rows):
         written.append(_save(_deadline_figure(result, names, plt), deadline_plot_path(path), plt))
@@ -99,10 +99,16 @@ def _save(figure: Any, path: str | os.PathLike[str], plt: Any) -> Path:
     return Path(path)
 
 
-def _legend_outside(figure: Any, ax: Any) -> None:
-    handles, labels = ax.get_legend_handles_labels()
+def _legend_outside(figure: Any) -> None:
+    """One legend for the figure, right of the panels, each label once (the panels share their series)."""
+    unique: dict[str, Any] = {}
+    for panel in figure.axes:
+        for handle, label in zip(*panel.get_legend_handles_labels(), strict=True):
+            unique.setdefault(label, handle)
     figure.tight_layout()
-    figure.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    figure.legend(
+        list(unique.values()), list(unique), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False
+    )
 
 
 def _frontier_panel(ax: Any, dataset: DatasetResult, names: list[str]) -> None:
@@ -148,60 +154,67 @@ def _frontier_panel(ax: Any, dataset: DatasetResult, names: list[str]) -> None:
         xs_all += xs
         ys_all += ys
     # References: the full pool and the cost oracle are inside the policies' range by nature (same
-    # accuracy, the extremes of cost); pass@k is far above and becomes an arrow at the top edge.
-    above: list[PolicyResult] = []
+    # accuracy, the extremes of cost); the hindsight rows (pass@k, best-of-N by the verifier) are
+    # often far above, and are then marked on the top edge with their value.
+    hindsight: list[PolicyResult] = []
     for row in dataset.rows:
-        if row.kind == "reference":
+        if row.kind == "reference" and row.policy.startswith("majority@"):
             # Large and hollow: the policy that spends the whole pool (fixed:n=N) shows inside it.
             ax.plot(
                 _cost(row, known), row.accuracy, "ks", ms=12, mfc="none", mew=1.2, zorder=5, label="full-pool majority"
             )
             xs_all.append(_cost(row, known))
             ys_all.append(row.accuracy)
-        elif row.kind == "oracle" and row.policy.startswith("cost oracle"):
+        elif row.policy.startswith("cost oracle"):
             ax.plot(_cost(row, known), row.accuracy, "k*", ms=12, zorder=5, label="cost oracle (not causal)")
             xs_all.append(_cost(row, known))
             ys_all.append(row.accuracy)
-        elif row.kind == "oracle":
-            above.append(row)
+        elif row.kind in ("oracle", "reference"):
+            hindsight.append(row)
     low, high = _limits(ys_all)
     ax.set_ylim(low, high)
-    for row in above:
+    off_scale = 0
+    for row in hindsight:
         x, y = _cost(row, known), row.accuracy
         xs_all.append(x)
+        name = row.policy.split(" ")[0]
+        marker = "d" if name.startswith("best-of") else "^"
+        label = "best-of-N by the verifier (hindsight)" if marker == "d" else "pass@k: first correct (hindsight)"
         if low <= y <= high:
-            ax.plot(x, y, "k^", ms=7, mfc="white", zorder=5, label="pass@k / best-of-N (hindsight)")
+            ax.plot(x, y, marker, color="black", ms=7, mfc="white", zorder=5, label=label)
             continue
-        # Off the scale: a marker on the axes' edge and its value beside it, outside the data area.
+        # Off the scale: a marker on the axes' edge and its value beside it, outside the data area;
+        # several are staggered so that their labels do not overlap.
         top = y > high
-        edge = ("data", "axes fraction")
         ax.plot(
             x,
             1.0 if top else 0.0,
-            "^" if top else "v",
+            marker,
             color="black",
             mfc="white",
             ms=8,
             clip_on=False,
             zorder=6,
             transform=ax.get_xaxis_transform(),
+            label=label,
         )
         ax.annotate(
-            f"{row.policy.split(' ')[0]} = {y:.3f} (off scale)",
+            f"{name} = {y:.3f} (off scale)",
             xy=(x, 1.0 if top else 0.0),
-            xycoords=edge,
-            xytext=(7, 3 if top else -3),
+            xycoords=("data", "axes fraction"),
+            xytext=(-7, (3 + 9 * off_scale) if top else -3 - 9 * off_scale),
             textcoords="offset points",
-            ha="left",
+            ha="right",
             va="bottom" if top else "top",
             fontsize=7,
         )
+        off_scale += 1
     positive = [x for x in xs_all if x > 0]
     if positive and max(positive) / min(positive) >= _LOG_SPAN:
         _log_axis(ax.xaxis, ax.set_xscale)
     ax.set_xlabel("mean tokens per question" if known else "mean samples per question (token counts unknown)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{_label(dataset.dataset)} ({dataset.n_questions} questions)", fontsize=10, pad=14)
+    ax.set_title(f"{_label(dataset.dataset)} ({dataset.n_questions} questions)", fontsize=10, pad=22)
     ax.grid(alpha=0.3, which="both")
 
 
@@ -254,7 +267,7 @@ def _deadline_figure(result: SimulationResult, names: list[str], plt: Any) -> An
         f"accuracy by deadline: {latency.ttft * 1000:g} ms to the first token, {latency.per_token * 1000:g} ms per "
         f"token, {latency.concurrency} in flight"
     )
-    _legend_outside(figure, axes.flat[0])
+    _legend_outside(figure)
     return figure
 
 

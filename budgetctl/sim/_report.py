@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import replace
 
@@ -54,15 +55,25 @@ def sweep_specs(spec: str, points: int = 10) -> list[str]:
     if integral:
         values: list[str] = [str(v) for v in dict.fromkeys(round(x) for x in grid)]
     else:
-        # The fewest significant digits that keep the values apart (0.79, not 0.790384).
-        digits = next((d for d in range(3, 8) if len({f"{x:.{d}g}" for x in grid}) == len(grid)), 8)
-        values = list(dict.fromkeys(f"{x:.{digits}g}" for x in grid))
+        values = _shortest(grid, low_text, high_text)
     specs = []
     for value in values:
         parts = list(items)
         parts[index] = f"{key}={value}"
         specs.append(f"{name}:{','.join(parts)}")
     return specs
+
+
+def _shortest(grid: np.ndarray, low_text: str, high_text: str) -> list[str]:
+    """The grid as text: the bounds as given, the values between with the fewest significant digits
+    (0.79, not 0.790384) that keep them distinct and in order."""
+    for digits in range(3, 18):
+        values = [low_text, *(f"{x:.{digits}g}" for x in grid[1:-1]), high_text]
+        numbers = [float(v) for v in values]
+        ascending = numbers[0] < numbers[-1]
+        if all((a < b) if ascending else (a > b) for a, b in itertools.pairwise(numbers)):
+            return values
+    return [low_text, *(repr(float(x)) for x in grid[1:-1]), high_text]
 
 
 def _spacing(low: float, high: float, points: int) -> np.ndarray:
