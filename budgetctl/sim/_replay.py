@@ -238,7 +238,7 @@ def replay_orders(
                 phase = branch.phase = _FILL
             if phase == _FILL:
                 if per_policy_room:
-                    rooms = [core.room(p) for p in branch.judged]
+                    rooms = core.rooms(branch.judged)
                     room = rooms[0]
                     if any(r != room for r in rooms):
                         by_room: dict[int, list[int]] = {}

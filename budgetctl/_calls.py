@@ -1,0 +1,140 @@
+"""The sampler calls of one run: started, cancelled at the run's end, awaited for a bounded grace, then abandoned.
+
+Structured concurrency would make a run wait, when it stops, for every call it cancelled: a sampler
+whose cleanup ignores the cancellation (it catches it, or sleeps in a shielded ``finally:``) would
+hold the result past the deadline for as long as it likes. So the calls do not run in the run's own
+task group. They run in one long-lived task group per event loop (the *call host*, started on first
+use: an asyncio task, or a trio system task), each inside a cancel scope that the run owns:
+
+* at the run's time limit every call's scope is cancelled by the event loop itself;
+* when the run stops, :meth:`Calls.aclose` cancels the scopes of the calls still running and waits
+  for them, but at most :data:`ABANDON_AFTER` seconds (shielded, so a caller that is itself
+  cancelled still waits that long, no longer);
+* a call still running then is *abandoned*: it stays in the call host, cancelled, until its own
+  cleanup ends; whatever it returns is dropped. The run's result does not wait for it.
+
+A well-behaved sampler unwinds within one pass of the event loop, so in practice nothing outlives
+the run; only a sampler that ignores cancellation is left behind, and only in the call host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+__all__ = ["ABANDON_AFTER", "Calls"]
+
+#: Seconds a stopping run waits for its cancelled calls before abandoning them (the bound by which
+#: a sampler that ignores cancellation can delay a result past its deadline).
+ABANDON_AFTER = 0.05
+
+#: The call host of each running event loop: its key -> (task group, the host's task, if asyncio).
+_hosts: dict[object, TaskGroup] = {}
+_starting: dict[object, anyio.Event] = {}
+
+
+def _loop_key() -> object:
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            return trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+    return asyncio.get_running_loop()
+
+
+async def _host(key: object, ready: anyio.Event) -> None:
+    try:
+        async with anyio.create_task_group() as group:
+            _hosts[key] = group
+            ready.set()
+            await anyio.sleep_forever()
+    finally:
+        _hosts.pop(key, None)
+
+
+_asyncio_hosts: set[asyncio.Task[None]] = set()
+
+
+async def call_host() -> TaskGroup:
+    """The task group that hosts sampler calls on this event loop (started on first use)."""
+    key = _loop_key()
+    group = _hosts.get(key)
+    if group is not None:
+        return group
+    ready = _starting.get(key)
+    if ready is None:
+        ready = _starting[key] = anyio.Event()
+        if isinstance(key, asyncio.AbstractEventLoop):
+            task = key.create_task(_host(key, ready), name="budgetctl call host")
+            _asyncio_hosts.add(task)  # a strong reference: the loop keeps only weak ones
+            task.add_done_callback(_asyncio_hosts.discard)
+        else:
+            import trio
+
+            trio.lowlevel.spawn_system_task(_host, key, ready, name="budgetctl call host")
+    try:
+        await ready.wait()
+    finally:
+        if _starting.get(key) is ready and ready.is_set():
+            del _starting[key]
+    return _hosts[key]
+
+
+class Calls:
+    """The sampler calls of one run, hosted by the event loop's call host, cancellable as a whole."""
+
+    __slots__ = ("_group", "_deadline", "_scopes", "_idle", "abandoned")
+
+    def __init__(self, group: TaskGroup, deadline: float) -> None:
+        self._group = group
+        self._deadline = deadline
+        self._scopes: dict[int, anyio.CancelScope] = {}
+        self._idle: anyio.Event | None = None
+        #: Calls left running when the run stopped (they ignored their cancellation).
+        self.abandoned = 0
+
+    @classmethod
+    async def open(cls, deadline: float) -> Calls:
+        """The calls of a run that must end at ``deadline`` (anyio's clock; ``inf``: never)."""
+        return cls(await call_host(), deadline)
+
+    def start(self, index: int, call: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Start ``call(*args)`` as call ``index``, cancelled at the run's deadline or by :meth:`cancel`."""
+        scope = anyio.CancelScope(deadline=self._deadline)
+        self._scopes[index] = scope
+        self._group.start_soon(self._run, index, scope, call, args, name=f"budgetctl sample {index}")
+
+    async def _run(self, index: int, scope: anyio.CancelScope, call: Callable[..., Awaitable[None]], args: Any) -> None:
+        try:
+            with scope:
+                await call(*args)
+        finally:
+            del self._scopes[index]
+            if not self._scopes and self._idle is not None:
+                self._idle.set()
+
+    @property
+    def running(self) -> int:
+        """Calls still running."""
+        return len(self._scopes)
+
+    def cancel(self) -> None:
+        """Cancel every call still running (they unwind on their own)."""
+        for scope in self._scopes.values():
+            scope.cancel()
+
+    async def aclose(self, grace: float = ABANDON_AFTER) -> None:
+        """Cancel what still runs and wait for it to end, at most ``grace`` seconds; abandon the rest."""
+        self.cancel()
+        if not self._scopes:
+            return
+        self._idle = anyio.Event()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+            await self._idle.wait()
+        self.abandoned = len(self._scopes)
