@@ -89,13 +89,14 @@ async def call_host() -> TaskGroup:
 class Calls:
     """The sampler calls of one run, hosted by the event loop's call host, cancellable as a whole."""
 
-    __slots__ = ("_group", "_deadline", "_scopes", "_idle", "abandoned")
+    __slots__ = ("_group", "_deadline", "_scopes", "_idle", "_started", "abandoned")
 
     def __init__(self, group: TaskGroup, deadline: float) -> None:
         self._group = group
         self._deadline = deadline
         self._scopes: dict[int, anyio.CancelScope] = {}
         self._idle: anyio.Event | None = None
+        self._started = 0
         #: Calls left running when the run stopped (they ignored their cancellation).
         self.abandoned = 0
 
@@ -104,18 +105,23 @@ class Calls:
         """The calls of a run that must end at ``deadline`` (anyio's clock; ``inf``: never)."""
         return cls(await call_host(), deadline)
 
-    def start(self, index: int, call: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Start ``call(*args)`` as call ``index``, cancelled at the run's deadline or by :meth:`cancel`."""
-        scope = anyio.CancelScope(deadline=self._deadline)
-        self._scopes[index] = scope
-        self._group.start_soon(self._run, index, scope, call, args, name=f"budgetctl sample {index}")
+    def start(self, call: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Start ``call(*args)``, cancelled at the run's deadline or by :meth:`cancel`.
 
-    async def _run(self, index: int, scope: anyio.CancelScope, call: Callable[..., Awaitable[None]], args: Any) -> None:
+        The scope is made here, so a call cancelled before its task first runs is cancelled too.
+        """
+        key = self._started
+        self._started += 1
+        scope = anyio.CancelScope(deadline=self._deadline)
+        self._scopes[key] = scope
+        self._group.start_soon(self._run, key, scope, call, args, name=f"budgetctl sample {key}")
+
+    async def _run(self, key: int, scope: anyio.CancelScope, call: Callable[..., Awaitable[None]], args: Any) -> None:
         try:
             with scope:
                 await call(*args)
         finally:
-            del self._scopes[index]
+            del self._scopes[key]
             if not self._scopes and self._idle is not None:
                 self._idle.set()
 

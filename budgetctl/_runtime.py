@@ -377,7 +377,7 @@ class Run:
                         if launch:
                             first = core.n_launched - launch
                             for index in range(first, first + launch):
-                                calls.start(index, sample_once, sampler, index, send, sample_timeout)
+                                calls.start(sample_once, sampler, index, send, sample_timeout)
                         # Outcomes already waiting are taken without a trip through the event loop
                         # (one per sample adds up), each still judged on its own.
                         try:

@@ -630,3 +630,23 @@ def test_property_the_real_clock_agrees(values: list[Hashable], backend: str) ->
     expected = majority(tuple(answers(*values)))
     assert result.answer == (expected if expected is not None else "FALLBACK")
     assert result.stop_reason == "exhausted" and result.n_samples == len(values)
+
+
+# -- the deadline is the caller's --------------------------------------------------------------------------
+
+
+def test_the_deadline_counts_from_the_call_to_solve_and_to_open_run() -> None:
+    async def main() -> tuple[float, Result, float, Result]:
+        called = anyio.current_time()
+        solved = await bc.solve(Replay([HANG]), deadline=2.0)
+        waited = anyio.current_time() - called
+        opened_at = anyio.current_time()
+        run = bc.open_run(Replay([HANG]), deadline=2.0)
+        await anyio.sleep(0.75)  # time between open_run and entering the block counts
+        async with run:
+            result = await run.wait()
+        return waited, solved, anyio.current_time() - opened_at, result
+
+    waited, solved, held, result = run_virtual(main)
+    assert waited == solved.elapsed == 2.0
+    assert held == result.elapsed == 2.0 and result.stop_reason == "deadline"

@@ -435,8 +435,8 @@ class Scheduler:
         for ticket in decided.launched:
             request = ticket.handle
             assert isinstance(request, _Request) and request.calls is not None
-            index = ticket.core.n_launched - 1
-            request.calls.start(index, sample_once, request.sampler, index, request.send, request.sample_timeout)
+            index = ticket.core.n_launched - 1  # for the outcome's record only (two launches may share it)
+            request.calls.start(sample_once, request.sampler, index, request.send, request.sample_timeout)
         for ticket in decided.starved:
             self._notify(ticket, _STARVED)
         if decided.wake < self._wake_at:
