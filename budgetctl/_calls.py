@@ -6,10 +6,10 @@ hold the result past the deadline for as long as it likes. So the calls do not r
 task group. They run in one long-lived task group per event loop (the *call host*, started on first
 use: an asyncio task, or a trio system task), each inside a cancel scope that the run owns:
 
-* at the run's time limit every call's scope is cancelled by the event loop itself;
-* when the run stops, :meth:`Calls.aclose` cancels the scopes of the calls still running and waits
-  for them, but at most :data:`ABANDON_AFTER` seconds (shielded, so a caller that is itself
-  cancelled still waits that long, no longer);
+* when the run stops (its policy, its budget, or its time limit, which cancels the run's own wait),
+  :meth:`Calls.aclose` cancels the scopes of the calls still running and waits for them: a few
+  passes of the event loop, then, for what still runs, at most :data:`ABANDON_AFTER` seconds
+  (shielded, so a caller that is itself cancelled still waits that long, no longer);
 * a call still running then is *abandoned*: it stays in the call host, cancelled, until its own
   cleanup ends; whatever it returns is dropped. The run's result does not wait for it.
 
@@ -20,11 +20,12 @@ the run; only a sampler that ignores cancellation is left behind, and only in th
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
+import sniffio
 from anyio.abc import TaskGroup
 
 __all__ = ["ABANDON_AFTER", "Calls"]
@@ -33,18 +34,19 @@ __all__ = ["ABANDON_AFTER", "Calls"]
 #: a sampler that ignores cancellation can delay a result past its deadline).
 ABANDON_AFTER = 0.05
 
+#: Passes of the event loop a stopping run gives its cancelled calls before it sets up the bounded wait.
+_PASSES = 3
+
 #: The call host of each running event loop: its key -> (task group, the host's task, if asyncio).
 _hosts: dict[object, TaskGroup] = {}
 _starting: dict[object, anyio.Event] = {}
 
 
 def _loop_key() -> object:
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            return trio.lowlevel.current_trio_token()
-        except RuntimeError:
-            pass
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token()
     return asyncio.get_running_loop()
 
 
@@ -86,14 +88,25 @@ async def call_host() -> TaskGroup:
     return _hosts[key]
 
 
+def _cancel_all(scopes: list[anyio.CancelScope]) -> None:
+    for scope in scopes:
+        scope.cancel()
+
+
+def _asyncio_task_running() -> bool:
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # no asyncio loop: trio
+        return False
+
+
 class Calls:
     """The sampler calls of one run, hosted by the event loop's call host, cancellable as a whole."""
 
-    __slots__ = ("_group", "_deadline", "_scopes", "_idle", "_started", "abandoned")
+    __slots__ = ("_group", "_scopes", "_idle", "_started", "abandoned")
 
-    def __init__(self, group: TaskGroup, deadline: float) -> None:
+    def __init__(self, group: TaskGroup) -> None:
         self._group = group
-        self._deadline = deadline
         self._scopes: dict[int, anyio.CancelScope] = {}
         self._idle: anyio.Event | None = None
         self._started = 0
@@ -101,18 +114,20 @@ class Calls:
         self.abandoned = 0
 
     @classmethod
-    async def open(cls, deadline: float) -> Calls:
-        """The calls of a run that must end at ``deadline`` (anyio's clock; ``inf``: never)."""
-        return cls(await call_host(), deadline)
+    async def open(cls) -> Calls:
+        """The calls of a new run (on this event loop's call host)."""
+        return cls(await call_host())
 
     def start(self, call: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Start ``call(*args)``, cancelled at the run's deadline or by :meth:`cancel`.
+        """Start ``call(*args)``, to run until it ends or :meth:`cancel` cancels it.
 
         The scope is made here, so a call cancelled before its task first runs is cancelled too.
+        (No deadline of its own: the run's deadline cancels the run's wait, and the run then
+        cancels its calls at once. A timer per call would cost more than it saves.)
         """
         key = self._started
         self._started += 1
-        scope = anyio.CancelScope(deadline=self._deadline)
+        scope = anyio.CancelScope()
         self._scopes[key] = scope
         self._group.start_soon(self._run, key, scope, call, args, name=f"budgetctl sample {key}")
 
@@ -132,12 +147,23 @@ class Calls:
 
     def cancel(self) -> None:
         """Cancel every call still running (they unwind on their own)."""
-        for scope in self._scopes.values():
-            scope.cancel()
+        scopes = [scope for scope in self._scopes.values() if not scope.cancel_called]
+        if not scopes:
+            return
+        if _asyncio_task_running():
+            # anyio on asyncio writes the cancelling task's repr into each scope's cancel message,
+            # which costs more than the rest of a call; from a loop callback there is no task.
+            asyncio.get_running_loop().call_soon(_cancel_all, scopes)
+        else:
+            _cancel_all(scopes)
 
     async def aclose(self, grace: float = ABANDON_AFTER) -> None:
         """Cancel what still runs and wait for it to end, at most ``grace`` seconds; abandon the rest."""
         self.cancel()
+        for _ in range(_PASSES):  # cancelled calls that behave end within a pass or two of the loop
+            if not self._scopes:
+                return
+            await anyio.lowlevel.cancel_shielded_checkpoint()
         if not self._scopes:
             return
         self._idle = anyio.Event()

@@ -368,9 +368,9 @@ class Run:
         sampler, sample_timeout = self._sampler, self._sample_timeout
         now = self._t0
         with send, receive:
-            calls = await Calls.open(core.limit_at)
+            calls = await Calls.open()
             try:
-                # The time limit cancels this wait (and, by their own scopes, the calls) at once.
+                # The time limit cancels this wait at once; leaving it cancels the calls (finally).
                 with anyio.CancelScope(deadline=core.limit_at):
                     while reason is None:
                         launch = core.fill()

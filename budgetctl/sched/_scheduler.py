@@ -348,7 +348,7 @@ class Scheduler:
         if reason is not None:  # a budget that allows nothing, or a deadline already past
             return self._end(core, reason, anyio.current_time(), fallback, log)
         # Ready before it can be given a slot (the first request of an event loop starts its call host).
-        calls = request.calls = await Calls.open(ticket.deadline_at)
+        calls = request.calls = await Calls.open()
         if not self._allocator.admit(ticket, started):
             self._rejected += 1
             return self._end(core, "budget", anyio.current_time(), fallback, log)
