@@ -230,10 +230,9 @@ class Run:
             max_failures=max_failures,
             concurrency=concurrency,
         )
-        #: Identifies this run in trace logs.
-        self.id = uuid.uuid4().hex[:12]
+        self._id: str | None = None
         self._result: Result | None = None
-        self._done = anyio.Event()
+        self._done: anyio.Event | None = None  # made by the first wait(): solve never needs one
         self._subscribers: list[MemoryObjectSendStream[RunState]] = []
         self._task_group: TaskGroup | None = None
         #: The clock at which the run started: when open_run or solve was called (set by them;
@@ -244,6 +243,13 @@ class Run:
         self._raise: BaseException | None = None
 
     # -- what callers read ---------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """Identifies this run in trace logs (made on first use)."""
+        if self._id is None:
+            self._id = uuid.uuid4().hex[:12]
+        return self._id
+
     @property
     def state(self) -> RunState:
         """The latest snapshot of the run (the final one once it has ended)."""
@@ -267,7 +273,10 @@ class Run:
 
     async def wait(self) -> Result:
         """Wait for the run to end and return its result."""
-        await self._done.wait()
+        if self._result is None:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
         assert self._result is not None
         return self._result
 
@@ -419,7 +428,8 @@ class Run:
         for subscriber in self._subscribers:
             subscriber.close()
         self._subscribers.clear()
-        self._done.set()
+        if self._done is not None:
+            self._done.set()
 
     def _publish(self, state: RunState) -> None:
         for subscriber in list(self._subscribers):
