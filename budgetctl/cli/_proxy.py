@@ -64,6 +64,12 @@ def register(subparsers: Any) -> None:
     traces.add_argument("--trace", default=None, metavar="DIR", help="write JSONL traces (train/simulate read them)")
     traces.add_argument("--trace-max-mb", type=float, default=64.0, help="MB per trace file (default: %(default)s)")
     traces.add_argument("--trace-prompts", action="store_true", help="write prompt texts into the traces")
+    traces.add_argument(
+        "--otel",
+        action="store_true",
+        help="OpenTelemetry spans per request and upstream call, to the tracer provider OTEL_* configures "
+        "(needs budgetctl[otel])",
+    )
     traces.add_argument("--shadow", default=None, metavar="SPEC", help="log where this policy would have stopped")
     auth = parser.add_argument_group("keys")
     auth.add_argument(
@@ -154,6 +160,7 @@ def config_from_arguments(args: argparse.Namespace) -> Any:
         trace_dir=args.trace,
         trace_max_bytes=max(1, int(args.trace_max_mb * 1e6)),
         trace_prompts=args.trace_prompts,
+        otel=args.otel,
         shadow=args.shadow,
         api_keys=tuple(keys),
         upstream_api_key=upstream_key,

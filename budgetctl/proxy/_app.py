@@ -19,7 +19,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._optional import import_optional
 from .._state import Result
@@ -47,6 +47,9 @@ from ._metrics import ProxyMetrics
 from ._request import BadRequest, Defaults, parse_request
 from ._respond import JobResponse
 from ._traces import RotatingTraces, run_events, shadow_stop
+
+if TYPE_CHECKING:
+    from ._otel import Telemetry
 
 import_optional("starlette", "proxy", "the proxy (budgetctl proxy)")
 
@@ -94,6 +97,8 @@ class ProxyConfig:
     trace_max_bytes: int = 64 << 20
     #: Write the prompt text into traces (``meta.question``); off by default (prompts may be private).
     trace_prompts: bool = False
+    #: OpenTelemetry spans per request and per upstream call (needs ``budgetctl[otel]``; see docs/proxy.md).
+    otel: bool = False
     #: A policy spec to replay beside the real one; where it would have stopped goes into the traces.
     shadow: str | None = None
     #: The proxy's own API keys (``Authorization: Bearer KEY``); empty: no key asked for.
@@ -122,13 +127,14 @@ class ProxyServer:
     """The proxy as an ASGI app (``.app``, behind ``.limits``); run it with ``budgetctl proxy`` or ``serve_in_thread``.
 
     Its scheduler, upstream client and budget ledger live from the app's startup to its shutdown
-    (the ASGI lifespan), so one ``ProxyServer`` serves one uvicorn server at a time.
+    (the ASGI lifespan), so one ``ProxyServer`` serves one uvicorn server at a time. With
+    ``config.otel``, spans go to ``tracer_provider``, or OpenTelemetry's global one when it is ``None``.
     """
 
     #: uvicorn runs the app's startup and shutdown (the scheduler, the upstream client, the ledger).
     lifespan = "on"
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, *, tracer_provider: Any = None) -> None:
         from ..samplers._openai import _with_v1
 
         self.config = config
@@ -156,6 +162,11 @@ class ProxyServer:
         )
         self.traces = RotatingTraces(config.trace_dir, max_bytes=config.trace_max_bytes) if config.trace_dir else None
         self.metrics = ProxyMetrics(waiting=self._waiting)
+        self.telemetry: Telemetry | None = None
+        if config.otel:
+            from ._otel import Telemetry
+
+            self.telemetry = Telemetry(self.upstream, prompts=config.trace_prompts, tracer_provider=tracer_provider)
         self.scheduler: Any = None
         self.client: Any = None
         self.ledger: Ledger | None = None
@@ -264,6 +275,8 @@ class ProxyServer:
             if parsed.usd is not None and self.price is None:
                 raise BadRequest("'budgetctl.budget.usd' needs the proxy to know prices (--price)", "budget")
             job = Job(self, parsed, key, self.policy_for(parsed.policy))
+            if self.telemetry is not None:
+                job.otel = self.telemetry.request(parsed, request.headers)
         except BadRequest as error:
             self.metrics.requests.labels("400").inc()
             return _error_response(400, str(error), error.param)

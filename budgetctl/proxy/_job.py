@@ -30,6 +30,7 @@ from ._request import BadRequest, ProxyRequest
 
 if TYPE_CHECKING:
     from ._app import ProxyServer
+    from ._otel import RequestSpan, SampleSpan
 
 __all__ = ["Job", "Outcome", "DEADLINE_SLACK"]
 
@@ -91,6 +92,8 @@ class Job:
         self.started = 0.0
         self.started_wall = 0.0
         self.wall = 0.0
+        #: The request's span, with ``--otel`` (``None``: no telemetry, and no cost).
+        self.otel: RequestSpan | None = None
 
     # -- the sampler ---------------------------------------------------------------------------------
     async def sample(self) -> Sample:
@@ -120,27 +123,48 @@ class Job:
                 raise Exhausted(held.reason)
             reservation = held
         settled = False
+        span = self.otel.sample() if self.otel is not None else None
         try:
-            data = await self._call()
+            data = await self._call(self.headers if span is None else span.headers(self.headers))
             text, finish, prompt_tokens, completion_tokens = self._read(data)
             cost = server.price.cost(prompt_tokens, completion_tokens) if server.price is not None else None
             if reservation is not None:
                 with anyio.CancelScope(shield=True):
                     await ledger.settle(reservation, completion_tokens, cost or 0.0)
                 settled = True
-            return self._record(text, finish, prompt_tokens, completion_tokens, cost)
+            sample = self._record(text, finish, prompt_tokens, completion_tokens, cost)
+            if span is not None:
+                span.returned(data, finish, prompt_tokens, completion_tokens)
+            return sample
+        except BaseException as error:
+            if span is not None:
+                self._span_error(span, error)
+            raise
         finally:
+            if span is not None:
+                span.end()
             if reservation is not None and not settled:
                 with anyio.CancelScope(shield=True):
                     await ledger.release(reservation)
 
-    async def _call(self) -> Any:
+    def _span_error(self, span: SampleSpan, error: BaseException) -> None:
+        """Say on an upstream call's span how it failed, or that it was cancelled."""
+        if isinstance(error, anyio.get_cancelled_exc_class()):
+            span.cancelled()
+        elif isinstance(error, self.server.openai.APIStatusError):
+            span.failed(str(error.status_code))
+        elif isinstance(error, Exhausted) and self.fatal is not None:
+            span.failed(str(self.fatal[0]))
+        else:
+            span.failed(type(error).__qualname__)
+
+    async def _call(self, headers: dict[str, str]) -> Any:
         openai = self.server.openai
         client = self.server.client
         path = "/chat/completions" if self.request.chat else "/completions"
         try:
             return await client.post(
-                path, cast_to=object, body=self.request.upstream_body, options={"headers": self.headers}
+                path, cast_to=object, body=self.request.upstream_body, options={"headers": headers}
             )
         except openai.APIStatusError as error:
             status = int(error.status_code)
@@ -209,17 +233,29 @@ class Job:
 
     # -- the run -------------------------------------------------------------------------------------
     async def run(self) -> Outcome:
+        """Sample until the policy, the budget or the deadline says stop; count the request; its outcome."""
+        self.started = anyio.current_time()
+        self.started_wall = time.time()
+        if self.otel is None:
+            return await self._run()
+        self.otel.start()
+        try:
+            return await self._run()
+        finally:
+            self.otel.end()
+
+    async def _run(self) -> Outcome:
         server, request = self.server, self.request
         scheduler = server.scheduler
         assert scheduler is not None
-        self.started = anyio.current_time()
-        self.started_wall = time.time()
         budget = Budget(samples=request.max_samples, tokens=request.tokens, dollars=request.usd)
         result = await scheduler.solve(
             self.sample, deadline=request.deadline, policy=self.policy, budget=budget, concurrency=request.concurrency
         )
         outcome = self._outcome(result)
         self.wall = anyio.current_time() - self.started
+        if self.otel is not None:
+            self.otel.finish(self.summary(result), result, outcome, (self.prompt_tokens, self.completion_tokens))
         await server.finished(self, result, outcome)
         return outcome
 
