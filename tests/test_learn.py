@@ -554,8 +554,61 @@ def test_train_and_evaluate_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert status == 0
     report = json.loads(capsys.readouterr().out)
     assert report["gains"]["horizons"] and report["decisions"]["datasets"][0]["dataset"] == "gamma"
-    assert main(["train", str(pool_file), "-o", str(out), "--value", "cheap"]) == 2
+    assert main(["train", str(pool_file), "-o", str(out), "--model", "linear", "--value", "cheap", "--force"]) == 2
     assert "--value" in capsys.readouterr().err
+    assert main(["train", str(pool_file), "-o", str(tmp_path / "other"), "--value", "0.1"]) == 2
+    assert "--model" in capsys.readouterr().err
+    # Too few orders for the targets: refused, not written with -inf intercepts.
+    tiny = tmp_path / "tiny"
+    status = main(
+        ["train", str(pool_file), "-o", str(tiny), "--model", "linear", "--orders", "2", "--target-orders", "4"]
+    )
+    if status == 0:
+        policy = load_policy(tiny)
+        assert all(np.isfinite(v).all() for k, v in policy.model_.arrays().items() if v.dtype.kind == "f")
+    else:
+        assert "non-finite" in capsys.readouterr().err and not tiny.exists()
+
+
+def _rewrite_weights(path: Path, change: Any) -> None:
+    import hashlib
+    import io
+
+    with np.load(path / WEIGHTS_FILE, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    change(arrays)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    blob = buffer.getvalue()
+    (path / WEIGHTS_FILE).write_bytes(blob)
+    document = json.loads((path / POLICY_FILE).read_text())
+    document["weights"]["sha256"] = hashlib.sha256(blob).hexdigest()
+    (path / POLICY_FILE).write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("index", [999, -1])
+def test_tree_feature_indices_are_range_checked_at_load(fitted_gbm: LearnedStop, tmp_path: Path, index: int) -> None:
+    path = Path(fitted_gbm.save(tmp_path / "p"))
+
+    def change(arrays: dict[str, np.ndarray]) -> None:
+        arrays["model.feature"] = arrays["model.feature"].copy()
+        arrays["model.feature"].flat[0] = index
+
+    _rewrite_weights(path, change)
+    with pytest.raises(ArtifactError, match="feature index"):
+        load_policy(path)
+
+
+def test_extra_members_and_bad_horizons_are_refused(fitted: LearnedStop, tmp_path: Path) -> None:
+    path = Path(fitted.save(tmp_path / "p"))
+    _rewrite_weights(path, lambda arrays: arrays.update(extra=np.zeros(3)))
+    with pytest.raises(ArtifactError, match="unexpected member"):
+        load_policy(path)
+    other = Path(fitted.save(tmp_path / "q"))
+    document = json.loads((other / POLICY_FILE).read_text())
+    _rewrite(other, horizons=[-1 * h for h in document["horizons"]][::-1])
+    with pytest.raises(ArtifactError, match="horizons"):
+        load_policy(other)
 
 
 def test_mlp_model_trains_with_torch(pool: Pool) -> None:

@@ -13,12 +13,13 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from budgetctl.sim import simulate  # noqa: E402
-from budgetctl._pool import load_pool  # noqa: E402
-from budgetctl.cli import main  # noqa: E402
-from budgetctl.learn import ArtifactError, RiskStop, load_task_policy  # noqa: E402
-from budgetctl.learn._artifact import save_directory  # noqa: E402
-from budgetctl.learn._tune import (  # noqa: E402
+from conftest import make_state
+
+from budgetctl._pool import load_pool
+from budgetctl.cli import main
+from budgetctl.learn import ArtifactError, RiskStop, load_task_policy
+from budgetctl.learn._artifact import save_directory
+from budgetctl.learn._tune import (
     DegenerateError,
     _stops_esc,
     _stops_from_risk,
@@ -26,10 +27,9 @@ from budgetctl.learn._tune import (  # noqa: E402
     fit_task,
     outcomes,
 )
-from budgetctl.learn._votes import build_trajectories  # noqa: E402
-from budgetctl.policies import ESC, AdaptiveConsistency, parse_policy  # noqa: E402
-
-from conftest import make_state  # noqa: E402
+from budgetctl.learn._votes import build_trajectories
+from budgetctl.policies import ESC, AdaptiveConsistency, parse_policy
+from budgetctl.sim import simulate
 
 
 def write_pool(path: Path, *, questions: int = 120, samples: int = 12, seed: int = 0, dataset: str = "toy") -> Path:
@@ -175,7 +175,9 @@ def test_save_is_atomic_and_keeps_the_old_policy_when_validation_fails(tmp_path:
     _save(target, b"third", force=True)
     document = json.loads((target / "policy.json").read_text())
     assert (target / document["weights"]["file"]).read_bytes() == b"third"
-    assert sorted(p.name for p in target.iterdir()) == sorted(["MODEL_CARD.md", "policy.json", document["weights"]["file"]])
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        ["MODEL_CARD.md", "policy.json", document["weights"]["file"]]
+    )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
@@ -212,7 +214,7 @@ def _rehash(path: Path, blob: bytes) -> None:
 def test_weights_must_be_a_file_inside_the_directory(trained: Path, tmp_path: Path, name: object) -> None:
     copy = _copy(trained, tmp_path / "p")
     _edit(copy, lambda d: d["weights"].update(file=name))
-    with pytest.raises(ArtifactError, match="weights.file"):
+    with pytest.raises(ArtifactError, match=r"weights\.file"):
         load_task_policy(copy)
 
 
@@ -233,7 +235,7 @@ def test_unexpected_npz_members_are_refused_before_decompressing(trained: Path, 
         archive.writestr("risk.0.npy", (copy / "weights.npz").read_bytes()[:0] + b"\0" * 10)
         archive.writestr("bomb.npy", b"\0" * 1_000_000)
     _rehash(copy, buffer.getvalue())
-    with pytest.raises(ArtifactError, match="unexpected member 'bomb.npy'"):
+    with pytest.raises(ArtifactError, match=r"unexpected member 'bomb\.npy'"):
         load_task_policy(copy)
 
 

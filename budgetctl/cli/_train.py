@@ -130,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.confidence < 1.0:
         raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
     if args.model == "auto":
+        if args.value != "auto":
+            raise UsageError(
+                "--value applies to the gain-model policies (--model gbm, linear or mlp); "
+                "per-task policies take their operating point from --max-loss"
+            )
         return run_tasks(args)
     args.orders = 8 if args.orders is None else args.orders
     args.folds = 2 if args.folds is None else args.folds
@@ -233,7 +238,6 @@ def task_command_line(args: argparse.Namespace) -> str:
 def run_tasks(args: argparse.Namespace) -> int:
     """Per task: rules and learned risk tables on the same folds, the best shipped, one artifact for all tasks."""
     from ..cli import UsageError
-
     from ..learn._tune import DEFAULT_FOLDS, DEFAULT_ORDERS
 
     args.orders = DEFAULT_ORDERS if args.orders is None else args.orders
@@ -283,8 +287,13 @@ def run_tasks(args: argparse.Namespace) -> int:
     path = save_task_policy(
         fits,
         args.output,
-        settings={"max_loss": args.max_loss, "confidence": args.confidence, "orders": args.orders,
-                  "folds": args.folds, "seed": args.seed},
+        settings={
+            "max_loss": args.max_loss,
+            "confidence": args.confidence,
+            "orders": args.orders,
+            "folds": args.folds,
+            "seed": args.seed,
+        },
         training={
             "files": describe_files(pool.files),
             "skipped": [list(s) for s in pool.skipped],
@@ -307,7 +316,7 @@ def format_task(fit: Any) -> str:
     for family, row in held.items():
         versus = "" if not reference else more_or_fewer(1.0 - row["cost"] / reference, unit)
         lines.append(
-            f"                  {family:<7} {row['accuracy']:>9.4f} {row['samples']:>8.2f} {row['cost']:>10.2f}  {versus}"
+            f"{'':18}{family:<7} {row['accuracy']:>9.4f} {row['samples']:>8.2f} {row['cost']:>10.2f}  {versus}"
         )
     first = next(iter(held.values()))
     lines.append(f"                  {'full':<7} {first['full_accuracy']:>9.4f} {'':>8} {first['full_cost']:>10.2f}")

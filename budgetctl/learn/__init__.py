@@ -26,10 +26,12 @@ from ._artifact import SCHEMA_VERSION as SCHEMA_VERSION  # noqa: E402
 from ._artifact import ArtifactError as ArtifactError  # noqa: E402
 from ._artifact import load_policy as load_policy  # noqa: E402
 from ._artifact import load_task_policy as load_task_policy  # noqa: E402
-from ._artifact import trained_on as trained_on  # noqa: E402
 from ._artifact import read_metadata as read_metadata  # noqa: E402
+from ._artifact import trained_on as trained_on  # noqa: E402
 from ._dataset import Rows as Rows  # noqa: E402
 from ._dataset import build_rows as build_rows  # noqa: E402
+from ._estimator import GainRegressor as GainRegressor  # noqa: E402
+from ._estimator import GainStop as GainStop  # noqa: E402
 from ._features import FEATURE_DOCS as FEATURE_DOCS  # noqa: E402
 from ._features import FEATURE_NAMES as FEATURE_NAMES  # noqa: E402
 from ._features import FEATURE_SCHEMA as FEATURE_SCHEMA  # noqa: E402
@@ -43,6 +45,8 @@ __all__ = (
     "FEATURE_DOCS",
     "FEATURE_NAMES",
     "FEATURE_SCHEMA",
+    "GainRegressor",
+    "GainStop",
     "LearnedStop",
     "NotFittedError",
     "RiskStop",
@@ -83,7 +87,7 @@ def _from_spec(
     default_tokens: float | None = None,
     task: str | None = None,
 ) -> StopPolicy:
-    """``learned[:path=DIR][,task=NAME][,value=V][,default_tokens=T]``: a trained policy, the shipped default without a path.
+    """``learned[:path=DIR][,task=NAME][,value=V][,default_tokens=T]``: a trained policy, else the shipped default.
 
     ``task`` picks one task of a per-task policy written by ``budgetctl train``; ``value`` and
     ``default_tokens`` apply to gain-model policies (``LearnedStop``). A loaded policy is never

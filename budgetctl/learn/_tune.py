@@ -56,9 +56,7 @@ __all__ = [
 ]
 
 #: Adaptive-Consistency thresholds tried.
-AC_GRID: tuple[float, ...] = tuple(
-    float(v) for v in np.round(1.0 - np.geomspace(0.5, 1e-4, 48), 6)
-)
+AC_GRID: tuple[float, ...] = tuple(float(v) for v in np.round(1.0 - np.geomspace(0.5, 1e-4, 48), 6))
 #: Probabilities of a change below which the learned families stop, tried.
 EPS_GRID: tuple[float, ...] = tuple(float(v) for v in np.round(np.geomspace(3e-1, 1e-4, 48), 7))
 FAMILIES = ("ac", "esc", "table", "model")
@@ -231,8 +229,9 @@ def risk_table_from_model(traj: Trajectories, *, seed: int = 0, max_iter: int = 
         early_stopping=False,
         random_state=seed,
     )
-    import threadpoolctl
+    from .._optional import import_optional
 
+    threadpoolctl = import_optional("threadpoolctl", "learn", "Fitting a learned policy")
     grid = all_states(n)
     # One thread: OpenMP's spinning barriers make a fit many times slower on a busy machine.
     with threadpoolctl.threadpool_limits(limits=1):
@@ -393,8 +392,11 @@ def fit_task(
             inside = fold_of != k
             outside = fold_of == k
             sub = Outcomes(
-                result.accuracy[:, inside], result.cost[:, inside], result.samples[:, inside],
-                result.full[inside], result.full_cost[inside],
+                result.accuracy[:, inside],
+                result.cost[:, inside],
+                result.samples[:, inside],
+                result.full[inside],
+                result.full_cost[inside],
             )
             index, _ = choose_point(sub, max_loss, confidence)
             index = 0 if index is None else index
@@ -462,13 +464,13 @@ def fit_task(
         )
     grid = grids[family]
     fitter = _fitter(family, seed)
-    risk = fitter(traj) if fitter is not None else None
+    final_risk = fitter(traj) if fitter is not None else None
     return TaskFit(
         task=task,
         n=n,
         family=family,
         point=float(grid[index]),
-        risk=risk,
+        risk=final_risk,
         loss_bound=bound,
         held_out=held,
         note=note,
