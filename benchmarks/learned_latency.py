@@ -29,7 +29,8 @@ import numpy as np
 from budgetctl._core import RunCore
 from budgetctl._pool import Pool, demo_pool_path, load_pool
 from budgetctl._state import RunState
-from budgetctl.learn import LearnedStop, default_policy_path, load_policy, state_features
+from budgetctl.learn import LearnedStop, default_policy_path, load_task_policy, state_features
+from budgetctl.learn._artifact import read_document
 from budgetctl.policies import AdaptiveConsistency, Never
 from budgetctl.sim import LatencyModel
 
@@ -94,7 +95,9 @@ def main() -> int:
     started = time.perf_counter()
     states, pool = load_states(2000 if args.quick else 20000)
     passes = 2 if args.quick else 5
-    default = load_policy(default_policy_path())
+    default = load_task_policy(default_policy_path())
+    task_names = [t["task"] for t in read_document(default_policy_path())["tasks"]]
+    one_task = load_task_policy(default_policy_path(), task_names[0])
     slice_ = Pool(questions=pool.questions[:: max(1, len(pool.questions) // 400)], files=pool.files)
     gbm = LearnedStop(model="gbm", orders=2, target_orders=16, max_rows=20_000).fit(slice_)
     linear = LearnedStop(model="linear", orders=2, target_orders=16).fit(slice_)
@@ -104,7 +107,8 @@ def main() -> int:
             return state_features(state)
 
     rows = [
-        (f"shipped default (`{default.model_.kind}`, {default_policy_path().relative_to(ROOT)})", default),
+        (f"shipped default, all {len(task_names)} tasks together ({default_policy_path().relative_to(ROOT)})", default),
+        (f"shipped default, one task (`{one_task!r}`)", one_task),
         (f"gradient boosting ({gbm.max_iter} trees x {2 * len(gbm.horizons_)} outputs, depth {gbm.max_depth})", gbm),
         ("linear (GLM + ridge)", linear),
         ("features only (`state_features`)", Features()),

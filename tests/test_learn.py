@@ -21,7 +21,7 @@ import budgetctl as bc
 from budgetctl._core import RunCore
 from budgetctl._gain import GainModel
 from budgetctl._pool import Pool, Question
-from budgetctl.policies import MaxSamples, Never, parse_policy
+from budgetctl.policies import ESC, AdaptiveConsistency, MaxSamples, Never, parse_policy
 from budgetctl.sim import replay_orders, simulate
 
 sklearn = pytest.importorskip("sklearn")
@@ -490,17 +490,26 @@ def test_specs_load_trained_policies(fitted: LearnedStop, tmp_path: Path) -> Non
 
 
 def test_the_shipped_default_loads_and_both_copies_are_identical() -> None:
+    """The default is a per-task policy (one operating point per shared dataset), shipped twice, identical."""
+    from budgetctl.learn import RiskStop
+    from budgetctl.policies import AllOf
+
     path = default_policy_path()
     policy = parse_policy("learned")
-    assert isinstance(policy, LearnedStop) and policy.horizons_
+    assert isinstance(policy, AllOf) and len(policy.policies) >= 2
+    one = parse_policy("learned:task=gsm8k_train")
+    assert isinstance(one, RiskStop | AdaptiveConsistency | ESC)
     root = Path(__file__).resolve().parents[1]
     packaged = root / "budgetctl" / "data" / "policies" / "default"
     repository = root / "policies" / "default"
     assert path in (packaged, repository)
-    for name in (POLICY_FILE, WEIGHTS_FILE, "MODEL_CARD.md"):
-        assert (packaged / name).read_bytes() == (repository / name).read_bytes(), name
     metadata = json.loads((repository / POLICY_FILE).read_text())
-    assert metadata["command"] and metadata["training"]["files"] and metadata["metrics"]
+    assert sorted(p.name for p in packaged.iterdir()) == sorted(p.name for p in repository.iterdir())
+    for name in (POLICY_FILE, metadata["weights"]["file"], "MODEL_CARD.md"):
+        assert (packaged / name).read_bytes() == (repository / name).read_bytes(), name
+    assert metadata["command"] and metadata["training"]["files"]
+    assert all(task["note"] and task["held_out"] for task in metadata["tasks"])
+    assert sum(p.stat().st_size for p in repository.iterdir()) < 100_000  # small enough to ship
 
 
 # -- the command line ----------------------------------------------------------------------------------------
@@ -557,7 +566,7 @@ def test_train_and_evaluate_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["train", str(pool_file), "-o", str(out), "--model", "linear", "--value", "cheap", "--force"]) == 2
     assert "--value" in capsys.readouterr().err
     assert main(["train", str(pool_file), "-o", str(tmp_path / "other"), "--value", "0.1"]) == 2
-    assert "--model" in capsys.readouterr().err
+    assert "--price-per-1k" in capsys.readouterr().err
     # Too few orders for the targets: refused, not written with -inf intercepts.
     tiny = tmp_path / "tiny"
     status = main(

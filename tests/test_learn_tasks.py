@@ -280,3 +280,17 @@ def test_more_or_fewer_never_says_negative_fewer() -> None:
 
     assert more_or_fewer(0.25, "tokens") == "25.0% fewer tokens"
     assert more_or_fewer(-3.792, "tokens") == "379.2% more tokens"
+
+
+def test_dollars_per_correct_answer_set_the_operating_point(pool_file: Path, tmp_path: Path) -> None:
+    """A dearer token buys fewer samples; without token counts dollars cannot be weighed."""
+    traj = build_trajectories(load_pool([pool_file]).questions, orders=3, seed=0)
+    cheap = fit_task(traj, task="toy", folds=3, value=1.0, price_per_1k=0.001)
+    dear = fit_task(traj, task="toy", folds=3, value=1.0, price_per_1k=0.5)
+    assert dear.held_out[dear.family]["cost"] < cheap.held_out[cheap.family]["cost"]
+    out = tmp_path / "p"
+    common = ["train", str(pool_file), "-o", str(out), "--folds", "3", "--orders", "3"]
+    assert main([*common, "--value", "1.0"]) == 2  # --value needs --price-per-1k
+    assert main([*common, "--value", "1.0", "--price-per-1k", "0.5"]) == 0
+    settings = json.loads((out / "policy.json").read_text())["settings"]
+    assert settings["value_per_correct"] == 1.0 and settings["price_per_1k"] == 0.5

@@ -52,7 +52,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--value",
         default="auto",
-        help="gain-model policies only: accuracy points per 1,000 tokens worth buying (e.g. 0.02), or 'auto'",
+        help="per-task policies: dollars a correct answer is worth (with --price-per-1k; replaces --max-loss); "
+        "gain-model policies: accuracy per 1,000 tokens worth buying (e.g. 0.02), or 'auto'",
+    )
+    parser.add_argument(
+        "--price-per-1k",
+        type=float,
+        default=None,
+        metavar="DOLLARS",
+        help="per-task policies with --value: the price of 1,000 tokens",
     )
     parser.add_argument(
         "--orders", type=int, default=None, help="random orders per question (default 20; gain models: 8)"
@@ -130,12 +138,14 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.confidence < 1.0:
         raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
     if args.model == "auto":
-        if args.value != "auto":
+        if (args.value != "auto") != (args.price_per_1k is not None):
             raise UsageError(
-                "--value applies to the gain-model policies (--model gbm, linear or mlp); "
-                "per-task policies take their operating point from --max-loss"
+                "--value (dollars per correct answer) and --price-per-1k (dollars per 1,000 tokens) go together; "
+                "without them the operating point comes from --max-loss"
             )
         return run_tasks(args)
+    if args.price_per_1k is not None:
+        raise UsageError("--price-per-1k applies to per-task policies (--model auto)")
     args.orders = 8 if args.orders is None else args.orders
     args.folds = 2 if args.folds is None else args.folds
     value = _value(args.value)
@@ -220,6 +230,8 @@ def more_or_fewer(saving: float | None, unit: str) -> str:
 def task_command_line(args: argparse.Namespace) -> str:
     """The command that reproduces a per-task training, every option spelled out."""
     parts = ["budgetctl", "train", *args.pools, "-o", args.output]
+    if args.value != "auto":
+        parts += ["--value", str(args.value), "--price-per-1k", str(args.price_per_1k)]
     for flag, value in (
         ("--max-loss", args.max_loss),
         ("--confidence", args.confidence),
@@ -271,9 +283,12 @@ def run_tasks(args: argparse.Namespace) -> int:
             )
         print(f"{name}: {len(questions)} questions x {sizes[0]} samples ...", flush=True)
         trajectories = build_trajectories(questions, orders=args.orders, seed=args.seed)
+        dollars = None if args.value == "auto" else _value(args.value)
         try:
             fit = fit_task(
                 trajectories,
+                value=None if dollars is None else float(dollars),
+                price_per_1k=args.price_per_1k or 0.0,
                 task=name,
                 max_loss=args.max_loss,
                 confidence=args.confidence,
@@ -282,12 +297,16 @@ def run_tasks(args: argparse.Namespace) -> int:
             )
         except DegenerateError as error:
             raise UsageError(f"refusing to write a degenerate policy: {error}") from None
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         fits.append(fit)
         print(format_task(fit))
     path = save_task_policy(
         fits,
         args.output,
         settings={
+            "value_per_correct": None if args.value == "auto" else float(args.value),
+            "price_per_1k": args.price_per_1k,
             "max_loss": args.max_loss,
             "confidence": args.confidence,
             "orders": args.orders,

@@ -353,8 +353,30 @@ def fit_task(
     folds: int = DEFAULT_FOLDS,
     families: tuple[str, ...] = FAMILIES,
     seed: int = 0,
+    value: float | None = None,
+    price_per_1k: float = 0.0,
 ) -> TaskFit:
-    """Cross-validate every family on ``traj``'s questions and decide what to ship for this task (module doc)."""
+    """Cross-validate every family on ``traj``'s questions and decide what to ship for this task (module doc).
+
+    With ``value`` (dollars a correct answer is worth) and ``price_per_1k`` (dollars per 1,000
+    tokens) the operating point maximises the expected net value per question,
+    ``value * accuracy - price_per_1k * tokens / 1000``, instead of honouring ``max_loss``; the
+    pool must report tokens.
+    """
+    if value is not None:
+        for name, number in (("value", value), ("price_per_1k", price_per_1k)):
+            if isinstance(number, bool) or not isinstance(number, int | float) or not number >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {number!r}")
+        if not traj.tokens_known:
+            raise ValueError(f"task {task!r}: choosing by dollars needs token counts, and this pool has none")
+
+    def choose(result: Outcomes) -> tuple[int | None, float]:
+        if value is None:
+            return choose_point(result, max_loss, confidence)
+        net = value * result.accuracy.mean(axis=1) - price_per_1k * result.cost.mean(axis=1) / 1000.0
+        best = int(np.argmax(net))
+        return best, float(result.full.mean() - result.accuracy[best].mean())
+
     if not 0.0 <= max_loss < 1.0:
         raise ValueError(f"max_loss must be in [0, 1), got {max_loss!r}")
     if not 0.0 < confidence < 1.0:
@@ -398,7 +420,7 @@ def fit_task(
                 result.full[inside],
                 result.full_cost[inside],
             )
-            index, _ = choose_point(sub, max_loss, confidence)
+            index, _ = choose(sub)
             index = 0 if index is None else index
             acc += float(result.accuracy[index, outside].sum())
             cost += float(result.cost[index, outside].sum())
@@ -414,19 +436,23 @@ def fit_task(
     learned = [f for f in families if f not in rules]
 
     def admissible(f: str) -> bool:
-        return held[f]["full_accuracy"] - held[f]["accuracy"] <= max_loss + 1e-12
+        return value is not None or held[f]["full_accuracy"] - held[f]["accuracy"] <= max_loss + 1e-12
 
     def rank(f: str) -> tuple[bool, float]:
+        if value is not None:  # cost in dollars net of the value of correct answers: lower is better
+            return (False, price_per_1k * held[f]["cost"] / 1000.0 - value * held[f]["accuracy"])
         return (not admissible(f), held[f]["cost"])
+
+    def beats(f: str, g: str) -> bool:
+        if value is not None:
+            return rank(f) < rank(g)
+        return held[f]["cost"] < (1.0 - MARGIN) * held[g]["cost"]
 
     best_rule = min(rules, key=rank) if rules else None
     best_learned = min(learned, key=rank) if learned else None
     if best_learned is not None and (
         best_rule is None
-        or (
-            admissible(best_learned)
-            and (not admissible(best_rule) or held[best_learned]["cost"] < (1.0 - MARGIN) * held[best_rule]["cost"])
-        )
+        or (admissible(best_learned) and (not admissible(best_rule) or beats(best_learned, best_rule)))
     ):
         family = best_learned
         note = (
@@ -444,7 +470,7 @@ def fit_task(
             "within max_loss"
             + (f" (best: {best_learned}, cost {held[best_learned]['cost']:.4g})" if best_learned else "")
         )
-    index, bound = choose_point(oof[family], max_loss, confidence)
+    index, bound = choose(oof[family])
     if index is None:
         raise DegenerateError(
             f"task {task!r}: no operating point of {family!r} keeps the expected loss within max_loss "
