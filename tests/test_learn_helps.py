@@ -22,12 +22,12 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from threadpoolctl import threadpool_limits  # noqa: E402
+from threadpoolctl import threadpool_limits
 
-from budgetctl._pool import Pool, load_pool  # noqa: E402
-from budgetctl.learn import GainRegressor, build_rows  # noqa: E402
-from budgetctl.policies import AdaptiveConsistency, StopPolicy  # noqa: E402
-from budgetctl.sim import simulate  # noqa: E402
+from budgetctl._pool import Pool, load_pool
+from budgetctl.learn import GainRegressor, build_rows
+from budgetctl.policies import AdaptiveConsistency, StopPolicy
+from budgetctl.sim import simulate
 
 SAMPLES = 8
 LOSS = 0.01
