@@ -294,3 +294,19 @@ def test_dollars_per_correct_answer_set_the_operating_point(pool_file: Path, tmp
     assert main([*common, "--value", "1.0", "--price-per-1k", "0.5"]) == 0
     settings = json.loads((out / "policy.json").read_text())["settings"]
     assert settings["value_per_correct"] == 1.0 and settings["price_per_1k"] == 0.5
+
+
+def test_gain_table_is_a_gain_model_learned_from_the_traces(pool_file: Path) -> None:
+    from conftest import states_after
+
+    from budgetctl import GainModel
+    from budgetctl.learn import GainTable
+
+    table = GainTable.fit(build_trajectories(load_pool([pool_file]).questions, orders=4, seed=0), min_count=5)
+    assert isinstance(table, GainModel)
+    split, settled = states_after(["w1", "right"])[-1], states_after(["right"] * 6)[-1]
+    assert table.predict_gain(split, 2) > table.predict_gain(settled, 2) >= 0.0
+    assert table.predict_gain(states_after(["right"] * 12)[-1], 1) == 0.0  # the pool is spent
+    assert table.predict_tokens(split, 3) == pytest.approx(3 * split.tokens / 2)
+    with pytest.raises(ValueError):
+        table.gains[1, 1, 0, 0] = 1.0

@@ -36,6 +36,7 @@ from ._features import FEATURE_DOCS as FEATURE_DOCS  # noqa: E402
 from ._features import FEATURE_NAMES as FEATURE_NAMES  # noqa: E402
 from ._features import FEATURE_SCHEMA as FEATURE_SCHEMA  # noqa: E402
 from ._features import state_features as state_features  # noqa: E402
+from ._gaintable import GainTable as GainTable  # noqa: E402
 from ._policy import LearnedStop as LearnedStop  # noqa: E402
 from ._policy import NotFittedError as NotFittedError  # noqa: E402
 from ._taskpolicy import RiskStop as RiskStop  # noqa: E402
@@ -47,6 +48,7 @@ __all__ = (
     "FEATURE_SCHEMA",
     "GainRegressor",
     "GainStop",
+    "GainTable",
     "LearnedStop",
     "NotFittedError",
     "RiskStop",
