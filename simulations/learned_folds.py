@@ -9,7 +9,7 @@ the full pool, Adaptive-Consistency at 0.95, and the AC threshold tuned on the s
 0.1 point of the full pool and cost never above the tuned AC; across pools, median cost at most
 0.92x the tuned AC and at most 0.8x AC(0.95). Cost is tokens where the pool has them, else samples.
 
-Run (about 5 minutes on one core)::
+Run (about 2 minutes on one core)::
 
     nice python simulations/learned_folds.py
 

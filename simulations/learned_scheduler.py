@@ -9,9 +9,9 @@ the default ``LookaheadGain`` and the oracle allocation. Accuracies are pooled o
 (78.4%). Note that each fold's 200 questions share one budget, where docs/scheduler.md shares it
 among all 1000 (smaller batches leave less to reallocate).
 
-    nice python simulations/learned_scheduler.py        # about 3 minutes on one core
+    nice python simulations/learned_scheduler.py        # under a minute on one core
 
-Writes the "Scheduler with a learned gain model" part of docs/benchmarks.md.
+Writes the "Scheduler with a learned gain model" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main() -> None:
     accuracy = {name: total / len(questions) for name, total in sums.items()}
     learned = accuracy["shared: GainTable (other folds)"]
     lines = [
-        "### Scheduler with a learned gain model",
+        "## Scheduler with a learned gain model",
         "",
         f"GSM8K (1000 x 10), five folds by question: a `GainTable` learned from four folds ({TRAIN_ORDERS} orders per "
         f"question), the scheduler sharing {BUDGET:g} samples per question among the fifth fold's 200 questions "
@@ -77,7 +77,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    benchdoc.write_part(ROOT / "docs" / "benchmarks.md", "## Per-task training", text)
+    benchdoc.write_section(ROOT / "docs" / "benchmarks.md", text)
 
 
 if __name__ == "__main__":

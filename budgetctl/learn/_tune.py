@@ -15,7 +15,11 @@ What ``budgetctl train`` does for one task (one dataset, one pool size ``N``):
      more runner-up votes never lower it), so what it learns on common states carries over to rare
      ones. It is compiled into a table over every state, so a decision is one lookup.
 
-   ``table`` and ``model`` stop at the first state whose predicted probability is at most ``eps``,
+   - ``bayes``: :class:`~budgetctl.policies.BayesStop`, the posterior probability that the
+     runner-up overtakes the leader by the full budget, with its prior over answer shares learned
+     from the training questions (empirical Bayes).
+
+   ``table``, ``model`` and ``bayes`` stop at the first state whose predicted probability is at most ``eps``,
    and at once when the samples left cannot overturn the leader.
 3. Cross-validation over questions (``folds``): learned families are fitted on the other folds and
    scored on the held-out fold; for every family and fold the operating point is chosen on the
@@ -59,7 +63,7 @@ __all__ = [
 AC_GRID: tuple[float, ...] = tuple(float(v) for v in np.round(1.0 - np.geomspace(0.5, 1e-4, 48), 6))
 #: Probabilities of a change below which the learned families stop, tried.
 EPS_GRID: tuple[float, ...] = tuple(float(v) for v in np.round(np.geomspace(3e-1, 1e-4, 48), 7))
-FAMILIES = ("ac", "esc", "table", "model")
+FAMILIES = ("ac", "esc", "table", "model", "bayes")
 #: ``budgetctl train``'s defaults (the figures in docs/learned.md use them).
 DEFAULT_ORDERS = 20
 DEFAULT_FOLDS = 4
@@ -241,6 +245,21 @@ def risk_table_from_model(traj: Trajectories, *, seed: int = 0, max_iter: int = 
     return _finish(risk, n)
 
 
+def bayes_risk(traj: Trajectories) -> np.ndarray:
+    """The table of :class:`~budgetctl.policies.BayesStop` with its prior learned from ``traj``'s full pools."""
+    from ..policies._bayes import change_probability, learn_prior
+
+    n = traj.n
+    top = traj.leader[:, 0, -1].astype(int)
+    second = traj.runner_up[:, 0, -1].astype(int)
+    prior = learn_prior(list(zip(top.tolist(), second.tolist(), strict=True)))
+    risk = np.ones((n + 1, n + 1, n + 1))
+    for t, a, b in all_states(n).tolist():
+        if a > 0:
+            risk[t, a, b] = change_probability(a, b, n - t, prior)
+    return _finish(risk, n)
+
+
 def ac_risk(n: int) -> np.ndarray:
     """1 - Adaptive-Consistency's P(leader is the majority) of every state (no budget rule, as the rule itself)."""
     risk = np.ones((n + 1, n + 1, n + 1))
@@ -341,6 +360,8 @@ def _fitter(family: str, seed: int) -> Callable[[Trajectories], np.ndarray] | No
         return lookup_table
     if family == "model":
         return lambda traj: risk_table_from_model(traj, seed=seed)
+    if family == "bayes":
+        return bayes_risk
     return None
 
 

@@ -12,6 +12,8 @@ from ._base import PolicyLike as PolicyLike
 from ._base import StopPolicy as StopPolicy
 from ._base import as_policy as as_policy
 from ._base import stop_when as stop_when
+from ._bayes import BayesStop as BayesStop
+from ._bayes import _from_spec as _bayes_from_spec
 from ._rules import ESC as ESC
 from ._rules import AdaptiveConsistency as AdaptiveConsistency
 from ._rules import ConfidenceStop as ConfidenceStop
@@ -24,10 +26,13 @@ from ._spec import parse_policy as parse_policy
 from ._spec import policy_names as policy_names
 from ._spec import register_policy as register_policy
 
+register_policy("bayes", _bayes_from_spec)
+
 __all__ = (
     "AdaptiveConsistency",
     "AllOf",
     "AnyOf",
+    "BayesStop",
     "ConfidenceStop",
     "ESC",
     "MaxSamples",
