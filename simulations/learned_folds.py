@@ -5,7 +5,8 @@ folds; ``budgetctl train``'s per-task procedure with its defaults (the same func
 calls) learns on four folds, and what it ships (learned risk table or tuned rule) is replayed on
 the fifth in random orders; results are pooled over the five folds. Beside it, on the same folds:
 the full pool, Adaptive-Consistency at 0.95, and the AC threshold tuned on the same training folds
-(the same operating-point procedure, AC family only). Targets (issue 11): per pool, accuracy within
+(the same operating-point procedure, AC family only), and the lookup-table baseline of
+shared/docs/learned-policy-notes.md (its eps chosen on the training folds the same way). Targets (issue 11): per pool, accuracy within
 0.1 point of the full pool and cost never above the tuned AC; across pools, median cost at most
 0.92x the tuned AC and at most 0.8x AC(0.95). Cost is tokens where the pool has them, else samples.
 
@@ -45,6 +46,7 @@ from budgetctl.learn._tune import (  # noqa: E402
     ac_risk,
     choose_point,
     fit_task,
+    lookup_table,
     outcomes,
 )
 from budgetctl.learn._votes import Trajectories, build_trajectories  # noqa: E402
@@ -76,7 +78,7 @@ def _ac_outcome(threshold: float, traj: Trajectories) -> Outcomes:
 def run_pool(name: str, questions: list[Question]) -> dict[str, object]:
     """Five folds of one pool; returns pooled accuracy and cost of each policy, and what train shipped per fold."""
     fold_of = np.random.default_rng(0).permutation(len(questions)) % FOLDS
-    sums: dict[str, list[float]] = {k: [0.0, 0.0] for k in ("full", "shipped", "tuned_ac", "ac95")}
+    sums: dict[str, list[float]] = {k: [0.0, 0.0] for k in ("full", "shipped", "tuned_ac", "ac95", "table")}
     shipped = []
     for k in range(FOLDS):
         train = [q for q, f in zip(questions, fold_of, strict=True) if f != k]
@@ -86,11 +88,16 @@ def run_pool(name: str, questions: list[Question]) -> dict[str, object]:
         grid = _family_grid("ac", traj.n)
         index, _ = choose_point(_replay("ac", traj, grid, None), MAX_LOSS, CONFIDENCE)
         tuned = float(grid[0 if index is None else index])
+        table = lookup_table(traj)
+        eps_grid = _family_grid("table", traj.n)
+        index, _ = choose_point(_replay("table", traj, eps_grid, table), MAX_LOSS, CONFIDENCE)
+        eps = float(eps_grid[0 if index is None else index])
         test = build_trajectories(held, orders=EVAL_ORDERS, seed=1)
         for key, result in (
             ("shipped", _shipped_outcome(fit, test)),
             ("tuned_ac", _ac_outcome(tuned, test)),
             ("ac95", _ac_outcome(0.95, test)),
+            ("table", outcomes(test, _stops_from_risk(test, table, np.asarray([eps])))),
         ):
             sums[key][0] += float(result.accuracy[0].sum())
             sums[key][1] += float(result.cost[0].sum())
@@ -126,14 +133,14 @@ def main() -> None:
         print(f"{name}: {result} ({time.perf_counter() - t0:.0f} s)", flush=True)
     seconds = time.perf_counter() - started
     lines = [
-        "| pool | size, cost unit | full pool | AC(0.95) | AC tuned on training folds | `budgetctl train` | "
-        "x tuned AC | x AC(0.95) | accuracy within 0.1 pt | cost <= tuned AC | shipped per fold |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pool | size, cost unit | full pool | AC(0.95) | AC tuned on training folds | lookup table (baseline) | "
+        "`budgetctl train` | x tuned AC | x AC(0.95) | accuracy within 0.1 pt | cost <= tuned AC | shipped per fold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     vs_tuned, vs_ac95 = [], []
     met_all = True
     for name, r in rows:
-        full, shipped, tuned, ac95 = r["full"], r["shipped"], r["tuned_ac"], r["ac95"]  # type: ignore[misc]
+        full, shipped, tuned, ac95, table = r["full"], r["shipped"], r["tuned_ac"], r["ac95"], r["table"]  # type: ignore[misc]
         ratio_tuned = shipped[1] / tuned[1]
         ratio_95 = shipped[1] / ac95[1]
         vs_tuned.append(ratio_tuned)
@@ -143,7 +150,8 @@ def main() -> None:
         met_all = met_all and accurate and cheap
         lines.append(
             f"| {name} | {r['size']}, {r['unit']} | {full[1]:.1f} at {full[0]:.4f} | {ac95[1]:.1f} at {ac95[0]:.4f} | "
-            f"{tuned[1]:.1f} at {tuned[0]:.4f} | {shipped[1]:.1f} at {shipped[0]:.4f} | {ratio_tuned:.3f} | "
+            f"{tuned[1]:.1f} at {tuned[0]:.4f} | {table[1]:.1f} at {table[0]:.4f} | "
+            f"{shipped[1]:.1f} at {shipped[0]:.4f} | {ratio_tuned:.3f} | "
             f"{ratio_95:.3f} | {'met' if accurate else 'MISSED'} | {'met' if cheap else 'MISSED'} | "
             f"{'; '.join(r['shipped_per_fold'])} |"  # type: ignore[arg-type]
         )
