@@ -21,7 +21,7 @@ import budgetctl as bc
 from budgetctl._core import RunCore
 from budgetctl._gain import GainModel
 from budgetctl._pool import Pool, Question
-from budgetctl.policies import MaxSamples, Never, parse_policy
+from budgetctl.policies import ESC, AdaptiveConsistency, MaxSamples, Never, parse_policy
 from budgetctl.sim import replay_orders, simulate
 
 sklearn = pytest.importorskip("sklearn")
@@ -490,17 +490,26 @@ def test_specs_load_trained_policies(fitted: LearnedStop, tmp_path: Path) -> Non
 
 
 def test_the_shipped_default_loads_and_both_copies_are_identical() -> None:
+    """The default is a per-task policy (one operating point per shared dataset), shipped twice, identical."""
+    from budgetctl.learn import RiskStop
+    from budgetctl.policies import AllOf
+
     path = default_policy_path()
     policy = parse_policy("learned")
-    assert isinstance(policy, LearnedStop) and policy.horizons_
+    assert isinstance(policy, AllOf) and len(policy.policies) >= 2
+    one = parse_policy("learned:task=gsm8k_train")
+    assert isinstance(one, RiskStop | AdaptiveConsistency | ESC)
     root = Path(__file__).resolve().parents[1]
     packaged = root / "budgetctl" / "data" / "policies" / "default"
     repository = root / "policies" / "default"
     assert path in (packaged, repository)
-    for name in (POLICY_FILE, WEIGHTS_FILE, "MODEL_CARD.md"):
-        assert (packaged / name).read_bytes() == (repository / name).read_bytes(), name
     metadata = json.loads((repository / POLICY_FILE).read_text())
-    assert metadata["command"] and metadata["training"]["files"] and metadata["metrics"]
+    assert sorted(p.name for p in packaged.iterdir()) == sorted(p.name for p in repository.iterdir())
+    for name in (POLICY_FILE, metadata["weights"]["file"], "MODEL_CARD.md"):
+        assert (packaged / name).read_bytes() == (repository / name).read_bytes(), name
+    assert metadata["command"] and metadata["training"]["files"]
+    assert all(task["note"] and task["held_out"] for task in metadata["tasks"])
+    assert sum(p.stat().st_size for p in repository.iterdir()) < 100_000  # small enough to ship
 
 
 # -- the command line ----------------------------------------------------------------------------------------
@@ -554,8 +563,61 @@ def test_train_and_evaluate_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert status == 0
     report = json.loads(capsys.readouterr().out)
     assert report["gains"]["horizons"] and report["decisions"]["datasets"][0]["dataset"] == "gamma"
-    assert main(["train", str(pool_file), "-o", str(out), "--value", "cheap"]) == 2
+    assert main(["train", str(pool_file), "-o", str(out), "--model", "linear", "--value", "cheap", "--force"]) == 2
     assert "--value" in capsys.readouterr().err
+    assert main(["train", str(pool_file), "-o", str(tmp_path / "other"), "--value", "0.1"]) == 2
+    assert "--price-per-1k" in capsys.readouterr().err
+    # Too few orders for the targets: refused, not written with -inf intercepts.
+    tiny = tmp_path / "tiny"
+    status = main(
+        ["train", str(pool_file), "-o", str(tiny), "--model", "linear", "--orders", "2", "--target-orders", "4"]
+    )
+    if status == 0:
+        policy = load_policy(tiny)
+        assert all(np.isfinite(v).all() for k, v in policy.model_.arrays().items() if v.dtype.kind == "f")
+    else:
+        assert "non-finite" in capsys.readouterr().err and not tiny.exists()
+
+
+def _rewrite_weights(path: Path, change: Any) -> None:
+    import hashlib
+    import io
+
+    with np.load(path / WEIGHTS_FILE, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    change(arrays)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    blob = buffer.getvalue()
+    (path / WEIGHTS_FILE).write_bytes(blob)
+    document = json.loads((path / POLICY_FILE).read_text())
+    document["weights"]["sha256"] = hashlib.sha256(blob).hexdigest()
+    (path / POLICY_FILE).write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("index", [999, -1])
+def test_tree_feature_indices_are_range_checked_at_load(fitted_gbm: LearnedStop, tmp_path: Path, index: int) -> None:
+    path = Path(fitted_gbm.save(tmp_path / "p"))
+
+    def change(arrays: dict[str, np.ndarray]) -> None:
+        arrays["model.feature"] = arrays["model.feature"].copy()
+        arrays["model.feature"].flat[0] = index
+
+    _rewrite_weights(path, change)
+    with pytest.raises(ArtifactError, match="feature index"):
+        load_policy(path)
+
+
+def test_extra_members_and_bad_horizons_are_refused(fitted: LearnedStop, tmp_path: Path) -> None:
+    path = Path(fitted.save(tmp_path / "p"))
+    _rewrite_weights(path, lambda arrays: arrays.update(extra=np.zeros(3)))
+    with pytest.raises(ArtifactError, match="unexpected member"):
+        load_policy(path)
+    other = Path(fitted.save(tmp_path / "q"))
+    document = json.loads((other / POLICY_FILE).read_text())
+    _rewrite(other, horizons=[-1 * h for h in document["horizons"]][::-1])
+    with pytest.raises(ArtifactError, match="horizons"):
+        load_policy(other)
 
 
 def test_mlp_model_trains_with_torch(pool: Pool) -> None:

@@ -104,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
             f"{reason}",
             file=sys.stderr,
         )
+    from ..learn._artifact import in_sample_warning
+
+    warning = in_sample_warning(args.policy, pool.files)
+    if warning:
+        print(f"budgetctl evaluate: {warning}", file=sys.stderr)
     report: dict[str, Any] = {
         "pools": pool.files,
         "skipped": [list(s) for s in pool.skipped],

@@ -257,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty() if args.progress is None else args.progress,
     )
     result = merge_sweeps(result)
+    _warn_in_sample([p for p in policies if isinstance(p, str)], result.files)
     if args.json == "-":
         json.dump(result.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -307,3 +308,19 @@ def _warn_without_gold(pool: Pool) -> None:
             "where meta={'gold': ...} was given.",
             file=sys.stderr,
         )
+
+
+def _warn_in_sample(specs: list[str], files: list[str]) -> None:
+    """Warn when a trained policy is simulated on the very pools it was trained on (the artifact keeps their hashes)."""
+    import os
+
+    if not any("path=" in spec or os.path.isdir(spec) for spec in specs):
+        return
+    try:
+        from ..learn._artifact import in_sample_warning
+    except ImportError:  # pragma: no cover - a trained policy needs budgetctl[learn] to load at all
+        return
+    for spec in specs:
+        warning = in_sample_warning(spec, files)
+        if warning:
+            print(f"budgetctl simulate: {spec}: {warning}", file=sys.stderr)

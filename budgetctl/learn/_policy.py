@@ -326,12 +326,21 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
 
     # -- artifacts ----------------------------------------------------------------------------------
     def save(
-        self, path: str | os.PathLike[str], *, command: str | None = None, metrics: dict[str, Any] | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        command: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        force: bool = False,
     ) -> str:
-        """Write the fitted policy to the directory ``path`` (JSON + ``.npz``, no pickle); returns the path."""
+        """Write the fitted policy to the directory ``path`` atomically (JSON + ``.npz``, no pickle); returns the path.
+
+        An existing ``path`` is refused unless ``force``; then it is replaced so that a reader
+        always finds either the old policy or the new one.
+        """
         from ._artifact import save_policy
 
-        return save_policy(self, path, command=command, metrics=metrics)
+        return save_policy(self, path, command=command, metrics=metrics, force=force)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LearnedStop:

@@ -13,6 +13,9 @@ from ._base import PolicyLike as PolicyLike
 from ._base import StopPolicy as StopPolicy
 from ._base import as_policy as as_policy
 from ._base import stop_when as stop_when
+from ._bayes import BayesStop as BayesStop
+from ._bayes import _from_spec as _bayes_from_spec
+from ._cisc import WeightedConsistency as WeightedConsistency
 from ._rules import ESC as ESC
 from ._rules import AdaptiveConsistency as AdaptiveConsistency
 from ._rules import ConfidenceStop as ConfidenceStop
@@ -25,10 +28,14 @@ from ._spec import parse_policy as parse_policy
 from ._spec import policy_names as policy_names
 from ._spec import register_policy as register_policy
 
+register_policy("bayes", _bayes_from_spec)
+register_policy("cisc", WeightedConsistency)
+
 __all__ = (
     "AdaptiveConsistency",
     "AllOf",
     "AnyOf",
+    "BayesStop",
     "ConfidenceStop",
     "ESC",
     "MaxSamples",
@@ -41,6 +48,7 @@ __all__ = (
     "Stable",
     "StopPolicy",
     "Unbeatable",
+    "WeightedConsistency",
     "as_policy",
     "parse_policy",
     "policy_names",
