@@ -6,6 +6,7 @@ global provider is left alone); the pool of tests/test_proxy.py makes the tokens
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -192,10 +193,16 @@ def test_trace_prompts_puts_the_messages_on_the_request_span(upstream: RunningSe
         openai.OpenAI(base_url=running.base_url, api_key="client-key", max_retries=0) as made,
     ):
         response = ask(made)
-    (span,) = request_spans(exporter)
-    assert span.attributes is not None
-    assert MAJORITY in str(span.attributes["gen_ai.input.messages"])
-    assert response.choices[0].message.content in str(span.attributes["gen_ai.output.messages"])
+        text = made.completions.create(model="replay", prompt=[MAJORITY])  # a list of one prompt is one prompt
+    chat, completion = request_spans(exporter)
+    assert (chat.name, completion.name) == ("chat replay", "text_completion replay")
+    assert chat.attributes is not None and completion.attributes is not None
+    assert json.loads(str(chat.attributes["gen_ai.input.messages"])) == [
+        {"role": "user", "parts": [{"type": "text", "content": MAJORITY}]}
+    ]
+    assert json.loads(str(completion.attributes["gen_ai.input.messages"]))[0]["parts"][0]["content"] == MAJORITY
+    assert response.choices[0].message.content in str(chat.attributes["gen_ai.output.messages"])
+    assert text.choices[0].text in str(completion.attributes["gen_ai.output.messages"])
     assert "client-key" not in _everything(exporter)
 
 

@@ -28,10 +28,8 @@ from ._request import ProxyRequest, _content_text
 __all__ = ["RequestSpan", "SampleSpan", "Telemetry"]
 
 #: What ``gen_ai.provider.name`` says: the proxy speaks the OpenAI API to its upstream, whatever serves it
-#: (the conventions' advice for OpenAI-compatible servers; ``server.address`` tells which one).
+#: (the conventions ask for the instrumentation's best knowledge; ``server.address`` and the models tell more).
 PROVIDER = "openai"
-
-
 _PURPOSE = "the proxy's OpenTelemetry spans (--otel)"
 
 
@@ -66,7 +64,7 @@ def _base(request: ProxyRequest) -> dict[str, Any]:
 def _input_messages(request: ProxyRequest) -> str:
     """The request's prompt as ``gen_ai.input.messages`` (the conventions' JSON form of a chat history)."""
     if not request.chat:
-        return json.dumps([{"role": "user", "parts": [{"type": "text", "content": request.upstream_body["prompt"]}]}])
+        return json.dumps([{"role": "user", "parts": [{"type": "text", "content": request.prompt_text}]}])
     messages = [
         {"role": message.get("role"), "parts": [{"type": "text", "content": _content_text(message.get("content"))}]}
         for message in request.upstream_body["messages"]
