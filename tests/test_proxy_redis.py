@@ -101,7 +101,8 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer
         yield handle
 
 
-#: A real Redis on a loaded 2-core CI machine can stall for seconds: only the unreachable-Redis tests use short timeouts.
+#: A real Redis on a loaded 2-core CI machine can stall for seconds;
+#: only the unreachable-Redis tests use short timeouts.
 LOADED_MACHINE_TIMEOUT = 30.0
 
 
@@ -177,7 +178,8 @@ def test_windows_start_from_zero(redis_url: str) -> None:
     time.sleep(window - time.time() % window + 0.05)
 
     async def main() -> None:
-        ledger = RedisLedger(redis_url, BudgetLimits(tokens=10, window=window), name=_name(), timeout=LOADED_MACHINE_TIMEOUT)
+        limits = BudgetLimits(tokens=10, window=window)
+        ledger = RedisLedger(redis_url, limits, name=_name(), timeout=LOADED_MACHINE_TIMEOUT)
         held = await ledger.reserve(10, 0.0, window)
         assert isinstance(held, Reservation)
         await ledger.settle(held, 10, 0.0)
