@@ -230,6 +230,21 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
 
         return rows, {"files": describe_files(files), "skipped": [list(s) for s in skipped]}
 
+    def set_params(self, **params: Any) -> LearnedStop:
+        """Set parameters; on a policy loaded from an artifact, return a changed copy and leave it as loaded.
+
+        A fitted-in-memory policy follows scikit-learn (changes itself, returns itself). A loaded
+        one never changes: ``load_policy(path).set_params(value=0.05)`` is a new policy.
+        """
+        if hasattr(self, "metadata_"):
+            import copy
+
+            other = copy.copy(self)  # the fitted arrays are shared, never written
+            BaseEstimator.set_params(other, **params)
+            return other
+        BaseEstimator.set_params(self, **params)
+        return self
+
     # -- decisions ----------------------------------------------------------------------------------
     def _fitted(self) -> ArrayModel:
         try:
