@@ -641,3 +641,12 @@ def test_a_loaded_policy_never_changes(fitted: LearnedStop, tmp_path: Path) -> N
     other = loaded.set_params(value=before * 2 + 1)
     assert other is not loaded and other.resolved_value() == before * 2 + 1
     assert loaded.resolved_value() == before and loaded.get_params()["value"] == fitted.get_params()["value"]
+
+
+def test_random_state_none_and_scikit_learns_not_fitted_error(pool: Pool) -> None:
+    from sklearn.exceptions import NotFittedError as SklearnNotFitted
+
+    assert NotFittedError is SklearnNotFitted
+    policy = LearnedStop(model="linear", orders=1, target_orders=4, random_state=None, calibrate=False, value=0.01)
+    policy.fit(pool)
+    assert isinstance(policy.random_state_, int) and policy.get_params()["random_state"] is None
