@@ -633,3 +633,20 @@ def test_mlp_model_trains_with_torch(pool: Pool) -> None:
 def test_states_after_helper_matches_features() -> None:
     states = states_after(["a", "a", "b"])
     assert dict(zip(FEATURE_NAMES, state_features(states[-1]), strict=True))["leader_share"] == pytest.approx(2 / 3)
+
+
+def test_a_loaded_policy_never_changes(fitted: LearnedStop, tmp_path: Path) -> None:
+    loaded = load_policy(fitted.save(tmp_path / "p"))
+    before = loaded.resolved_value()
+    other = loaded.set_params(value=before * 2 + 1)
+    assert other is not loaded and other.resolved_value() == before * 2 + 1
+    assert loaded.resolved_value() == before and loaded.get_params()["value"] == fitted.get_params()["value"]
+
+
+def test_random_state_none_and_scikit_learns_not_fitted_error(pool: Pool) -> None:
+    from sklearn.exceptions import NotFittedError as SklearnNotFitted
+
+    assert NotFittedError is SklearnNotFitted
+    policy = LearnedStop(model="linear", orders=1, target_orders=4, random_state=None, calibrate=False, value=0.01)
+    policy.fit(pool)
+    assert isinstance(policy.random_state_, int) and policy.get_params()["random_state"] is None

@@ -95,7 +95,11 @@ def run(args: argparse.Namespace) -> int:
     if args.value is not None:
         if learned is None:
             raise UsageError(f"--value needs a learned policy, and {args.policy!r} has none")
-        learned.set_params(value=_value(args.value))
+        if learned is not policy:
+            raise UsageError(
+                f"--value needs a bare learned policy; use learned:path=DIR,value=V inside {args.policy!r}"
+            )
+        policy = learned = learned.set_params(value=_value(args.value))
     pool = load_pool(args.pools, datasets=args.dataset, skip_bad=args.skip_bad)
     if pool.skipped:
         path, line, reason = pool.skipped[0]

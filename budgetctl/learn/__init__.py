@@ -107,11 +107,11 @@ def _from_spec(
     if value is not None:
         if value != "auto" and (isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0):
             raise ValueError(f"learned: value must be 'auto' or a number >= 0, got {value!r}")
-        policy.set_params(value=value)
+        policy = policy.set_params(value=value)
     if default_tokens is not None:
         if isinstance(default_tokens, bool) or not isinstance(default_tokens, int | float) or not default_tokens > 0:
             raise ValueError(f"learned: default_tokens must be a number > 0, got {default_tokens!r}")
-        policy.set_params(default_tokens=float(default_tokens))
+        policy = policy.set_params(default_tokens=float(default_tokens))
     return policy
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError  # scikit-learn's own: one ``except`` catches both
 
 from .._pool import Pool, Question, load_pool
 from .._state import RunState
@@ -27,10 +28,6 @@ MIN_ROWS_PER_HORIZON = 200
 FALLBACK_TOKENS = 100.0
 
 TrainingData = Pool | Rows | str | os.PathLike[str] | Sequence[Pool | Question | str | os.PathLike[str]]
-
-
-class NotFittedError(ValueError, AttributeError):
-    """A :class:`LearnedStop` used before ``fit`` or ``load`` (sklearn's exception has the same bases)."""
 
 
 def _check_number(name: str, value: object, *, low: float, integer: bool = False) -> None:
@@ -83,7 +80,8 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
         max_iter, max_depth, learning_rate: boosting rounds, tree depth and shrinkage (``"gbm"``).
         hidden, epochs: hidden units per layer and training epochs (``"mlp"``).
         max_rows: rows per horizon a gradient-boosting fit samples (per fit, for ``"mlp"`` x4).
-        random_state: seeds the draw orders, the folds and the models.
+        random_state: seeds the draw orders, the folds and the models (``None``: a fresh seed per fit,
+            recorded as ``random_state_``).
         n_jobs: worker processes that replay the pools (``None``: one per CPU).
     """
 
@@ -106,7 +104,7 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
         hidden: int = 32,
         epochs: int = 6,
         max_rows: int = 100_000,
-        random_state: int = 0,
+        random_state: int | None = 0,
         n_jobs: int | None = 1,
     ) -> None:
         self.value = value
@@ -155,7 +153,8 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
                 raise ValueError(f"LearnedStop: default_tokens must be > 0, got {self.default_tokens!r}")
         _check_number("alpha", self.alpha, low=0.0)
         _check_number("learning_rate", self.learning_rate, low=0.0)
-        _check_number("random_state", self.random_state, low=0, integer=True)
+        if self.random_state is not None:
+            _check_number("random_state", self.random_state, low=0, integer=True)
 
     def fit(self, X: TrainingData, y: None = None) -> LearnedStop:
         """Learn the gain model from sample pools; returns the policy.
@@ -165,6 +164,9 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
         ignored (the pools carry their gold answers).
         """
         self._validate()
+        self.random_state_ = (
+            int(np.random.default_rng().integers(2**31)) if self.random_state is None else int(self.random_state)
+        )
         rows, training = self._rows(X)
         weights = rows.dataset_weights()
         horizons = tuple(h for h in self.horizons if int(rows.valid(h).sum()) >= MIN_ROWS_PER_HORIZON)
@@ -183,7 +185,7 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
             hidden=self.hidden,
             epochs=self.epochs,
             max_rows=self.max_rows,
-            random_state=self.random_state,
+            random_state=self.random_state_,
         )
         known = rows.tokens > 0
         if self.default_tokens is not None:
@@ -221,7 +223,7 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
         rows = build_rows(
             questions,
             orders=self.orders,
-            seed=self.random_state,
+            seed=self.random_state_,
             horizons=tuple(self.horizons),
             target_orders=self.target_orders,
             jobs=self.n_jobs,
@@ -229,6 +231,21 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
         from ._artifact import describe_files
 
         return rows, {"files": describe_files(files), "skipped": [list(s) for s in skipped]}
+
+    def set_params(self, **params: Any) -> LearnedStop:
+        """Set parameters; on a policy loaded from an artifact, return a changed copy and leave it as loaded.
+
+        A fitted-in-memory policy follows scikit-learn (changes itself, returns itself). A loaded
+        one never changes: ``load_policy(path).set_params(value=0.05)`` is a new policy.
+        """
+        if hasattr(self, "metadata_"):
+            import copy
+
+            other = copy.copy(self)  # the fitted arrays are shared, never written
+            BaseEstimator.set_params(other, **params)
+            return other
+        BaseEstimator.set_params(self, **params)
+        return self
 
     # -- decisions ----------------------------------------------------------------------------------
     def _fitted(self) -> ArrayModel:
