@@ -6,7 +6,7 @@ Each of N fresh interpreters imports budgetctl, makes ``openai_chat(base_url, ..
 openai and the modules its first request needs, but makes no client), then times, with its own
 clock, ``await bc.solve(sampler, deadline=0.3, concurrency=4)``: client creation, connection set-up
 and the first requests all fall inside that call, and the run must end at the deadline. Lateness is
-the caller's measured time minus 0.3 s; the target (issue 9) is a median of at most 20 ms.
+the caller's measured time minus 0.3 s; the target is a median of at most 20 ms.
 
     python benchmarks/cold_start.py            # measures, prints, rewrites its part of docs/benchmarks.md
     python benchmarks/cold_start.py --quick    # 5 processes, nothing written

@@ -129,7 +129,7 @@ def crash_table(cycles: int, event_mib: float, seed: int) -> tuple[str, int]:
 
 
 def hostile_inputs(folder: Path) -> list[tuple[str, Path]]:
-    """The hostile files of issue 10, made in milliseconds (gzip members of 1 MiB each are valid .gz)."""
+    """The hostile files of the reliability checks, made in milliseconds (gzip members of 1 MiB each are valid .gz)."""
     import gzip
     import json
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         write_section(
             DOC,
             "## Hostile files\n\n"
-            f"`{command}`: `load_pool` on the files of issue 10, with the default `ReadLimits`; what a user "
+            f"`{command}`: `load_pool` on hostile files, with the default `ReadLimits`; what a user "
             "sees (the CLI prints the message as one line) and how long it takes to say it.\n\n" + hostile_text,
         )
         write_section(

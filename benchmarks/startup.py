@@ -10,7 +10,7 @@
    time minus the ``elapsed`` it reports (interpreter start-up, imports, argument parsing, the
    sampler's construction and the exit), next to the wall time of ``python -c pass``.
 
-Target (issue 9): the import at most 2x ``import numpy``.
+Target: the import at most 2x ``import numpy``.
 
     python benchmarks/startup.py            # measures, prints, rewrites its part of docs/benchmarks.md
     python benchmarks/startup.py --quick    # fewer runs, nothing written

@@ -6,7 +6,7 @@ calls) learns on four folds, and what it ships (learned risk table or tuned rule
 the fifth in random orders; results are pooled over the five folds. Beside it, on the same folds:
 the full pool, Adaptive-Consistency at 0.95, and the AC threshold tuned on the same training folds
 (the same operating-point procedure, AC family only), and the lookup-table baseline of
-shared/docs/learned-policy-notes.md (its eps chosen on the training folds the same way). Targets (issue 11): per pool, accuracy within
+shared/docs/learned-policy-notes.md (its eps chosen on the training folds the same way). Targets: per pool, accuracy within
 0.1 point of the full pool and cost never above the tuned AC; across pools, median cost at most
 0.92x the tuned AC and at most 0.8x AC(0.95). Cost is tokens where the pool has them, else samples.
 
@@ -171,7 +171,7 @@ def main() -> None:
     )
     benchdoc.write_section(
         ROOT / "docs" / "benchmarks.md",
-        f"## Per-task training\n\n{intro}\n\n{table}\n\n{summary}\n\n```console\n$ {COMMAND}\n```\n",
+        f"## Per-task training\n\n{intro}\n\n{table}\n\n{summary}\n\n```sh\n# illustrative: 37-107 s on one core\n{COMMAND}\n```\n",
     )
     benchdoc.write_section(
         ROOT / "docs" / "learned.md",

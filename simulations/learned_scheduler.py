@@ -5,7 +5,7 @@ fold, a :class:`budgetctl.learn.GainTable` (the mean realised gain of ``h`` more
 state) is learned from the other four folds' trajectories, and the scheduler shares 3 samples per
 question among the held-out fold's 200 questions (8 slots); beside it, on the same fold, uniform-3,
 the default ``LookaheadGain`` and the oracle allocation. Accuracies are pooled over folds. Target
-(issue 11): at least 70.6%, half the gap between uniform-3 (62.8%) and the oracle allocation
+at least 70.6%, half the gap between uniform-3 (62.8%) and the oracle allocation
 (78.4%). Note that each fold's 200 questions share one budget, where docs/scheduler.md shares it
 among all 1000 (smaller batches leave less to reallocate).
 
