@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -48,6 +49,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = {"python", "sh", "json", "text"}
 ILLUSTRATIVE = re.compile(r"\A#\s*illustrative:\s*\S")
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```\s*$", re.MULTILINE | re.DOTALL)
+#: Folders of the checkout that documented commands write into (copied into the scratch checkout, not linked).
+WRITTEN_FOLDERS = {"policies"}
 #: Flags whose value is a file the command writes.
 OUTPUT_FLAGS = {"--plot", "--json", "-o", "--output"}
 
@@ -165,11 +168,17 @@ PARSER = Sybil(
 
 
 def scratch_repository(base: Path) -> Path:
-    """A directory laid out like a clone (its entries link to this one), with ``../shared`` beside it."""
+    """A directory laid out like a clone, with ``../shared`` beside it.
+
+    Its entries link to this checkout's, except the folders the docs write into (``policies/``),
+    which are copied: a documented ``train -o policies/...`` must not write into the checkout.
+    """
     work = base / "repo"
     work.mkdir()
     for entry in ROOT.iterdir():
-        if entry.name not in (".git", ".venv") and not entry.name.startswith("."):
+        if entry.name in WRITTEN_FOLDERS:
+            shutil.copytree(entry, work / entry.name)
+        elif entry.name not in (".git", ".venv") and not entry.name.startswith("."):
             (work / entry.name).symlink_to(entry)
     if SHARED.exists():
         (base / "shared").symlink_to(SHARED)
