@@ -24,6 +24,7 @@ from ._budget import Budget as Budget
 from ._errors import FatalSamplerError as FatalSamplerError
 from ._gain import GainModel as GainModel
 from ._gain import VoteGain as VoteGain
+from ._jsonl import ReadLimits as ReadLimits
 from ._runtime import Run as Run
 from ._runtime import Sampler as Sampler
 from ._runtime import open_run as open_run
@@ -36,10 +37,12 @@ from ._state import RunState as RunState
 from ._state import StopReason as StopReason
 from ._trace import TracedRun as TracedRun
 from ._trace import TraceFormatError as TraceFormatError
+from ._trace import TraceWarning as TraceWarning
 from ._trace import TraceWriter as TraceWriter
 from ._trace import read_events as read_events
 from ._trace import read_runs as read_runs
 from ._version import __version__ as __version__
+from .policies._base import PolicyError as PolicyError
 
 if _typing.TYPE_CHECKING:  # loaded on first use, see __getattr__
     from . import extract as extract
@@ -57,6 +60,8 @@ __all__ = (
     "FirstAccepted",
     "GainModel",
     "MajorityVote",
+    "PolicyError",
+    "ReadLimits",
     "Result",
     "Run",
     "RunState",
@@ -66,6 +71,7 @@ __all__ = (
     "StopReason",
     "Tally",
     "TraceFormatError",
+    "TraceWarning",
     "TraceWriter",
     "TracedRun",
     "VoteGain",

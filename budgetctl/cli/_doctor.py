@@ -26,6 +26,9 @@ EXTRAS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("plot", "simulate --plot", ("matplotlib",)),
     ("openai", "samplers for OpenAI-compatible servers, budgetctl ask", ("openai",)),
     ("serve", "the replay server, budgetctl serve", ("starlette", "uvicorn")),
+    ("proxy", "the OpenAI-compatible proxy, budgetctl proxy", ("starlette", "uvicorn", "openai", "prometheus-client")),
+    ("redis", "a budget shared by proxy replicas (budgetctl proxy --redis)", ("redis",)),
+    ("otel", "OpenTelemetry spans from the proxy (budgetctl proxy --otel)", ("opentelemetry-api",)),
 )
 #: Where the torch CPU wheels are (PyTorch's documented index).
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
