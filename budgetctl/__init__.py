@@ -17,6 +17,7 @@ from ._aggregate import normalize_answer as normalize_answer
 from ._budget import Budget as Budget
 from ._gain import GainModel as GainModel
 from ._gain import VoteGain as VoteGain
+from ._plan import Auto as Auto
 from ._runtime import Run as Run
 from ._runtime import Sampler as Sampler
 from ._runtime import open_run as open_run
@@ -37,6 +38,7 @@ from .sched._scheduler import Scheduler as Scheduler
 
 __all__ = (
     "Aggregator",
+    "Auto",
     "BestOfN",
     "Budget",
     "Exhausted",

@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from types import TracebackType
 from typing import IO, Any, TypeAlias
 
@@ -23,6 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._aggregate import Aggregator, MajorityVote
 from ._budget import Budget
 from ._core import END_OF_STREAM, RunCore, check_run_args
+from ._plan import Auto, Concurrency, Flights, LatencyEstimate, auto_in_flight, parse_concurrency
 from ._sample import Sample
 from ._state import Result, RunState, StopReason
 from ._trace import TRACE_SCHEMA_VERSION, TraceWriter, decision_event, sample_event, stop_event
@@ -93,7 +95,7 @@ class Run:
         policy: PolicyLike | None = None,
         budget: Budget | None = None,
         deadline: float | None = None,
-        concurrency: int = 1,
+        concurrency: Concurrency = "auto",
         aggregator: Aggregator | None = None,
         fallback: object = None,
         trace: str | os.PathLike[str] | IO[str] | TraceWriter | None = None,
@@ -103,8 +105,12 @@ class Run:
     ) -> None:
         if not callable(sampler):
             raise TypeError(f"sampler must be an async callable returning a budgetctl.Sample, got {sampler!r}")
+        plan = parse_concurrency(concurrency)
         check_run_args(
-            deadline=deadline, concurrency=concurrency, max_failures=max_failures, sample_timeout=sample_timeout
+            deadline=deadline,
+            concurrency=plan if isinstance(plan, int) else 1,
+            max_failures=max_failures,
+            sample_timeout=sample_timeout,
         )
         if budget is not None and not isinstance(budget, Budget):
             raise TypeError(f"budget must be a budgetctl.Budget or None, got {budget!r}")
@@ -114,7 +120,9 @@ class Run:
         self._policy = as_policy(policy)
         self._aggregator = aggregator if aggregator is not None else MajorityVote()
         self._deadline = deadline
-        self._concurrency = concurrency
+        #: The plan of calls in flight: a fixed most (an int) or planned at every arrival (:class:`Auto`).
+        self._plan: int | Auto = plan
+        self._flights = Flights(LatencyEstimate(prior_latency=plan.prior_latency) if isinstance(plan, Auto) else None)
         self._fallback = fallback
         self._sample_timeout = sample_timeout
         self._trace_target = trace
@@ -256,10 +264,14 @@ class Run:
                         item = None  # wait outside the handler: no exception kept alive meanwhile
                     if item is None:
                         item = await receive.receive()
-                    _, outcome, latency, final = item
+                    index, outcome, latency, final = item
                     self._now = anyio.current_time() - self._t0
                     if self._now >= limit:  # past the deadline: as if it had cancelled us first
                         break
+                    lost = self._flights.arrived(index, outcome, latency, self._now, final=final)
+                    if lost and core.budget.charge_wasted:
+                        core.tokens += lost
+                        core.dollars += lost * core.budget.price_per_token
                     state = core.record(outcome, latency, self._now, final=final)
                     reason = core.decide(state)
                     self._log(state, reason)
@@ -276,15 +288,24 @@ class Run:
 
     def _fill(self, samplers: TaskGroup, send: MemoryObjectSendStream[_Outcome]) -> None:
         core = self._core
-        while core.n_in_flight < self._concurrency and core.can_launch():
+        plan = self._plan
+        most = plan if isinstance(plan, int) else auto_in_flight(plan, self._policy, core.state, self._flights.latency)
+        while core.n_in_flight < most and core.can_launch():
             index = core.launch()
+            self._flights.launched(index, self._now)
             samplers.start_soon(
                 sample_once, self._sampler, index, send, self._sample_timeout, name=f"budgetctl sample {index}"
             )
 
     def _finish(self, reason: StopReason, now: float) -> None:
-        n_cancelled = self._core.cancel_in_flight()
-        self._result = result = self._core.result(reason, now, fallback=self._fallback, n_cancelled=n_cancelled)
+        core = self._core
+        n_cancelled = core.cancel_in_flight()
+        lost = self._flights.cancelled(now)
+        if lost and core.budget.charge_wasted:
+            core.tokens += lost
+            core.dollars += lost * core.budget.price_per_token
+        result = core.result(reason, now, fallback=self._fallback, n_cancelled=n_cancelled)
+        self._result = result = replace(result, wasted_tokens=self._flights.wasted)
         if self._trace is not None:
             self._trace.write(stop_event(self.id, result))
         self._publish(result.state)
@@ -322,7 +343,7 @@ class Run:
                 "aggregator": repr(self._aggregator),
                 "budget": budget.to_dict(),
                 "deadline": self._deadline,
-                "concurrency": self._concurrency,
+                "concurrency": self._plan if isinstance(self._plan, int) else str(self._plan),
                 "sample_timeout": self._sample_timeout,
                 "max_failures": self._core.max_failures,
             },
@@ -387,7 +408,7 @@ def open_run(
     policy: PolicyLike | None = None,
     budget: Budget | None = None,
     deadline: float | None = None,
-    concurrency: int = 1,
+    concurrency: Concurrency = "auto",
     aggregator: Aggregator | None = None,
     fallback: object = None,
     trace: str | os.PathLike[str] | IO[str] | TraceWriter | None = None,
@@ -422,7 +443,7 @@ async def solve(
     policy: PolicyLike | None = None,
     budget: Budget | None = None,
     deadline: float | None = None,
-    concurrency: int = 1,
+    concurrency: Concurrency = "auto",
     aggregator: Aggregator | None = None,
     fallback: object = None,
     trace: str | os.PathLike[str] | IO[str] | TraceWriter | None = None,
@@ -441,7 +462,9 @@ async def solve(
             ``None`` samples until a budget, the deadline or the sampler runs out.
         budget: caps on samples, tokens, dollars and seconds.
         deadline: seconds from now; at it, samples in flight are cancelled and the best is returned.
-        concurrency: most sampler calls in flight at once.
+        concurrency: most sampler calls in flight at once (an int), or ``"auto"`` (the default; or
+            :class:`~budgetctl.Auto`, ``"auto:fast"``...): plan them at every arrival from the time
+            left, the measured latency and the samples the policy is expected to still need.
         aggregator: how samples become an answer (default :class:`MajorityVote`).
         fallback: the answer when no sample voted.
         trace: path or text stream (or :class:`TraceWriter`) to append the run's events to.

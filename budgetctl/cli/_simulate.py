@@ -8,12 +8,21 @@ import sys
 from typing import Any
 
 from .._budget import Budget
+from .._plan import Auto, parse_concurrency
 from .._pool import demo_pool_path
 from ..sim import LatencyModel, simulate
 from ..sim._report import format_table, plot_frontier, sweep_specs
 
 #: What runs when no --policy is given.
 DEFAULT_POLICIES = ("fixed:n=10", "fixed:n=40", "ac:threshold=0.95", "esc:window=5", "stable:k=3")
+
+
+def _concurrency(text: str) -> int | Auto:
+    # argparse turns the ValueError into a one-line usage error naming --concurrency.
+    try:
+        return parse_concurrency(text, name="--concurrency")
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def register(subparsers: Any) -> None:
@@ -59,7 +68,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--ms-per-token", type=float, default=0.0, help="latency model: ms per generated token (default 0)"
     )
-    parser.add_argument("--concurrency", type=int, default=1, help="samples in flight at once (default 1)")
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default="auto",
+        help="samples in flight at once: N, or auto (default: planned at every arrival), auto:SPEED "
+        "(0..1, cheapest, cheap, balanced, fast, fastest), auto:SPEED,max=N",
+    )
     parser.add_argument(
         "--deadline", type=float, default=None, metavar="S", help="seconds each question must be answered by"
     )

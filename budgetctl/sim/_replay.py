@@ -20,6 +20,7 @@ import numpy as np
 from .._aggregate import Aggregator
 from .._budget import Budget
 from .._core import RunCore
+from .._plan import Auto, Flights, LatencyEstimate, auto_in_flight, parse_concurrency
 from .._sample import Exhausted, Sample
 from .._state import RunState, StopReason
 from ..policies._base import Never, StopPolicy
@@ -33,24 +34,37 @@ _NEVER = Never()
 class LatencyModel:
     """How long a sample takes: ``ttft + tokens * per_token`` seconds, with ``concurrency`` samples in flight.
 
-    The default (all zero, one at a time) is the classic sequential setting in which
-    self-consistency methods are compared by sample counts; deadlines need a non-zero model.
+    ``concurrency`` is what :func:`~budgetctl.solve` takes: an int (most in flight), or ``"auto"``
+    (the default, or an :class:`~budgetctl.Auto`), planned at every arrival as a live run plans it.
+    Without time (all zero, the classic setting in which self-consistency methods are compared by
+    sample counts) every plan decides what one call at a time decides, and is replayed as that;
+    deadlines need a non-zero model.
     """
 
     #: Seconds to the first token.
     ttft: float = 0.0
     #: Seconds per generated token.
     per_token: float = 0.0
-    #: Samples in flight at once.
-    concurrency: int = 1
+    #: Samples in flight at once: an int, or a plan (``"auto"``, :class:`~budgetctl.Auto`).
+    concurrency: int | Auto | str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("ttft", "per_token"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"LatencyModel: {name} must be a finite number >= 0, got {value!r}")
-        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
-            raise ValueError(f"LatencyModel: concurrency must be an int >= 1, got {self.concurrency!r}")
+        try:
+            plan = parse_concurrency(self.concurrency, name="LatencyModel: concurrency")
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+        object.__setattr__(self, "concurrency", plan)
+
+    @property
+    def plan(self) -> int | Auto:
+        """The plan of calls in flight the replay follows: untimed, any plan is one call at a time."""
+        concurrency = self.concurrency
+        assert isinstance(concurrency, int | Auto)
+        return concurrency if self.timed else 1
 
     def latency(self, sample: Sample) -> float:
         """Seconds one sample takes."""
@@ -76,6 +90,9 @@ class Stop(NamedTuple):
     state: RunState
     #: Why.
     reason: StopReason
+    #: Tokens the samples in flight at the stop had decoded when they were cancelled (the model
+    #: knows them exactly; a live run estimates them: ``Result.wasted_tokens``).
+    wasted: int = 0
 
 
 class ReplaySampler:
@@ -111,7 +128,7 @@ _START, _START_FILL, _STEP_FILL, _WAIT = range(4)
 class _Branch:
     """Orders that have drawn the same samples so far share one run, until their next draws differ."""
 
-    __slots__ = ("core", "heap", "launched", "now", "phase", "members", "active", "judged")
+    __slots__ = ("core", "heap", "launched", "now", "phase", "members", "active", "judged", "flights")
 
     def __init__(
         self,
@@ -123,6 +140,7 @@ class _Branch:
         members: list[int],
         active: list[int],
         judged: list[StopPolicy],
+        flights: Flights | None = None,
     ) -> None:
         self.core = core
         self.heap = heap
@@ -133,6 +151,8 @@ class _Branch:
         self.active = active
         #: The policies of ``active``, in the same order.
         self.judged = judged
+        #: The calls in flight and the latency estimate, when the launches are planned.
+        self.flights = flights
 
     def fork(self, members: list[int]) -> _Branch:
         return _Branch(
@@ -144,6 +164,7 @@ class _Branch:
             members,
             self.active.copy(),
             self.judged.copy(),
+            None if self.flights is None else self.flights.copy(),
         )
 
 
@@ -186,6 +207,16 @@ def replay_orders(
     its own, at a fraction of the work when samples repeat (the same answer and token count).
     """
     model = latency if latency is not None else LatencyModel()
+    plan = model.plan
+    if isinstance(plan, Auto) and len(policies) > 1:
+        # Planned launches depend on the policy: each policy has its own trajectory.
+        alone = [
+            replay_orders(
+                samples, orders, [p], aggregator=aggregator, budget=budget, latency=latency, deadline=deadline
+            )
+            for p in policies
+        ]
+        return [[alone[p][o][0] for p in range(len(policies))] for o in range(len(orders))]
     n = len(samples)
     first_of: dict[Sample, int] = {}
     canonical = np.array([first_of.setdefault(s, i) for i, s in enumerate(samples)], dtype=np.int64)
@@ -196,16 +227,43 @@ def replay_orders(
     )
     rows = drawn.tolist()
     results: list[list[Stop | None]] = [[None] * len(policies) for _ in range(len(rows))]
-    concurrency = model.concurrency
+    auto = plan if isinstance(plan, Auto) else None
+    concurrency = plan if isinstance(plan, int) else 0
     ttft, per_token = model.ttft, model.per_token
+
+    def wasted(heap: list[tuple[float, int, object, float]], now: float) -> int:
+        # Tokens the calls in flight had decoded at ``now``: the model knows each one's progress.
+        total = 0
+        if not model.timed:  # without time a cancelled call had done nothing
+            return 0
+        for finished_at, _, item, duration in heap:
+            if not isinstance(item, Sample):
+                continue
+            ran = now - (finished_at - duration)
+            if per_token > 0:
+                total += int(min(max(ran - ttft, 0.0) / per_token, item.tokens))
+            elif ran >= ttft:
+                total += item.tokens
+        return total
 
     root_core = RunCore(
         policy=_NEVER, aggregator=aggregator, budget=budget, deadline=deadline, max_failures=None, keep_samples=False
     )
     time_limit = root_core.time_limit
     time_reason = root_core.time_reason(deadline)
+    root_flights = None if auto is None else Flights(LatencyEstimate(prior_latency=auto.prior_latency))
     pending = [
-        _Branch(root_core, [], 0, 0.0, _START, list(range(len(rows))), list(range(len(policies))), list(policies))
+        _Branch(
+            root_core,
+            [],
+            0,
+            0.0,
+            _START,
+            list(range(len(rows))),
+            list(range(len(policies))),
+            list(policies),
+            root_flights,
+        )
     ]
 
     def finish(branch: _Branch, stop: Stop) -> None:
@@ -230,6 +288,9 @@ def replay_orders(
                     break
                 phase = branch.phase = _START_FILL
             if phase != _WAIT:
+                flights = branch.flights
+                if auto is not None and flights is not None:
+                    concurrency = auto_in_flight(auto, branch.judged[0], core.state, flights.latency)
                 while core.n_in_flight < concurrency and core.can_launch():
                     launched = branch.launched
                     if launched < n:
@@ -251,6 +312,8 @@ def replay_orders(
                     else:
                         heapq.heappush(heap, (branch.now, launched, _EXHAUSTED, 0.0))
                     core.launch()
+                    if flights is not None:
+                        flights.launched(launched, branch.now)
                     branch.launched = launched + 1
                 if phase == _START_FILL:
                     reason = core.limit_reason()
@@ -261,13 +324,17 @@ def replay_orders(
                     finish(branch, Stop(core.state, core.limit_reason() or "budget"))
                     break
                 branch.phase = _WAIT
-            finished_at, _, item, duration = heapq.heappop(heap)
+            finished_at, index, item, duration = heapq.heappop(heap)
             if time_limit is not None and finished_at >= time_limit:
                 branch.now = time_limit
+                heapq.heappush(heap, (finished_at, index, item, duration))
+                lost = wasted(heap, time_limit)
                 core.cancel_in_flight()
-                finish(branch, Stop(core.snapshot(time_limit), time_reason))
+                finish(branch, Stop(core.snapshot(time_limit), time_reason, lost))
                 break
             branch.now = finished_at
+            if branch.flights is not None:
+                branch.flights.arrived(index, item, duration, finished_at, final=True)
             state = core.record(item, duration, finished_at)
             verdicts = core.judge(branch.judged, state)
             if any(verdicts):
@@ -276,7 +343,7 @@ def replay_orders(
                     if reason is None:
                         still.append(p)
                     else:
-                        stop = Stop(state, reason)
+                        stop = Stop(state, reason, wasted(heap, finished_at))
                         for o in members:
                             results[o][p] = stop
                 branch.active = still
