@@ -399,8 +399,8 @@ def plan_in_flight(
 
     Rules, in order: the speed sets the plan between one call and every useful call, with the
     expected need plus one at 0.5; with a deadline, enough calls that the need fits in the rounds
-    left, and every useful call when only one more round fits; no new call when none could finish
-    in time (unless nothing is in flight); then the cap and the bound.
+    left, and every useful call when at most one more round fits (no new call, though, while calls
+    are in flight and a new one could not be back in time); then the cap and the bound.
     """
     useful = max(bound if bound is not None else horizon, 0)
     balanced = min(math.ceil(need) + 1, max(useful, 1))
@@ -410,9 +410,11 @@ def plan_in_flight(
         target = balanced + round((2.0 * speed - 1.0) * max(useful - balanced, 0))
     if time_left is not None and need > 0:
         rounds = time_left / call_seconds if call_seconds > 0 else math.inf
-        if rounds < 1.0:  # a call launched now is not expected back in time
-            target = min(target, in_flight) if in_flight > 0 else 1
-        elif rounds < 2.0:  # only one more round: everything that could still help, now
+        if rounds < 1.0 and in_flight > 0:  # a call launched now is not expected back before those in flight
+            target = min(target, in_flight)
+        elif rounds < 2.0:  # one more round at most: everything that could still help, now
+            # (with none in flight and less than a round left, only a call faster than usual answers:
+            # the more are launched, the likelier one is)
             target = max(target, useful)
         else:
             target = max(target, math.ceil(need / math.floor(rounds)))

@@ -185,8 +185,9 @@ def test_the_settings_between_cheapest_and_fastest() -> None:
     assert plan_in_flight(**base, speed=1.0, time_left=None) == 30  # everything that could help
     # A deadline that fits three rounds asks for a third of the need at least, even at the cheapest.
     assert plan_in_flight(**base, speed=0.0, time_left=3.5) == 2
-    # None could finish: no new call while one is in flight.
+    # None could finish: no new call while one is in flight; with none, every useful one (the fastest answers).
     assert plan_in_flight(**{**base, "in_flight": 2}, speed=1.0, time_left=0.5) == 2
+    assert plan_in_flight(**base, speed=0.0, time_left=0.5) == 30
 
 
 # -- a run that follows the plan ------------------------------------------------------------------------
