@@ -40,10 +40,13 @@ __all__ = [
     "Concurrency",
     "Flights",
     "LatencyEstimate",
+    "Planner",
     "SPEEDS",
     "auto_in_flight",
     "default_need",
     "expected_need",
+    "need_function",
+    "bound_function",
     "parse_concurrency",
     "policy_bound",
     "plan_in_flight",
@@ -320,6 +323,80 @@ def _esc_need(policy: ESC, state: RunState, horizon: int) -> float:
     return min(to_boundary + more, float(horizon))
 
 
+NeedFunction = Callable[[RunState], "float | None"]
+
+
+def _unknown(state: RunState) -> float | None:
+    return None
+
+
+def need_function(policy: object, *, horizon: int = 32) -> NeedFunction:
+    """:func:`expected_need` for ``policy``, with the dispatch on its kind done once (runs call it at every arrival)."""
+    own: Callable[[RunState], Any] | None = getattr(policy, "expected_need", None)
+    top = float(horizon)
+    if own is not None and callable(own):
+        predict = own
+
+        def predicted(state: RunState) -> float | None:
+            value = predict(state)
+            return None if value is None else min(max(float(value), 0.0), top)
+
+        return predicted
+    if isinstance(policy, MaxSamples):
+        n = policy.n
+        return lambda state: float(min(max(n - state.n_samples, 0), horizon))
+    if isinstance(policy, MaxTokens):
+        cap = policy.n
+
+        def tokens_need(state: RunState) -> float | None:
+            left = cap - state.tokens
+            if left <= 0:
+                return 0.0
+            per = state.tokens / state.n_done if state.n_done else None
+            return float(min(math.ceil(left / per), horizon)) if per else None
+
+        return tokens_need
+    if isinstance(policy, AdaptiveConsistency):
+        ac = policy
+        return lambda state: _ac_need(ac, state, horizon)
+    if isinstance(policy, ESC):
+        esc = policy
+        return lambda state: _esc_need(esc, state, horizon)
+    if isinstance(policy, Stable):
+        k = policy.k
+
+        def stable_need(state: RunState) -> float:
+            if state.total_votes <= 0:
+                return float(min(k, horizon))
+            q_leader, _ = _shares(state)
+            return float(min(max(k - state.leader_streak, 0) / max(q_leader, 1e-3), horizon))
+
+        return stable_need
+    if isinstance(policy, AnyOf | AllOf):
+        parts = [need_function(p, horizon=horizon) for p in policy.policies]
+        if isinstance(policy, AnyOf):
+            known = [f for f in parts if f is not _unknown]
+            if not known:
+                return _unknown
+            if len(known) == 1:
+                return known[0]
+
+            def least(state: RunState) -> float | None:
+                values = [v for v in (f(state) for f in known) if v is not None]
+                return min(values) if values else None
+
+            return least
+        if any(f is _unknown for f in parts):
+            return _unknown
+
+        def most(state: RunState) -> float | None:
+            values = [f(state) for f in parts]
+            return None if any(v is None for v in values) else max(v for v in values if v is not None)
+
+        return most
+    return _unknown
+
+
 def expected_need(policy: object, state: RunState, *, horizon: int = 32) -> float | None:
     """Expected further successful samples ``policy`` needs before it stops, after ``state``; ``None``: unknown.
 
@@ -330,36 +407,7 @@ def expected_need(policy: object, state: RunState, *, horizon: int = 32) -> floa
     the votes seen). ``a | b`` needs the least of its parts, ``a & b`` the most. The answer is at
     most ``horizon``.
     """
-    own: Callable[[RunState], Any] | None = getattr(policy, "expected_need", None)
-    if own is not None and callable(own):
-        value = own(state)
-        return None if value is None else min(max(float(value), 0.0), float(horizon))
-    if isinstance(policy, MaxSamples):
-        return float(min(max(policy.n - state.n_samples, 0), horizon))
-    if isinstance(policy, MaxTokens):
-        left = policy.n - state.tokens
-        if left <= 0:
-            return 0.0
-        per = state.tokens / state.n_done if state.n_done else None
-        return float(min(math.ceil(left / per), horizon)) if per else None
-    if isinstance(policy, AdaptiveConsistency):
-        return _ac_need(policy, state, horizon)
-    if isinstance(policy, ESC):
-        return _esc_need(policy, state, horizon)
-    if isinstance(policy, Stable):
-        if state.total_votes <= 0:
-            return float(min(policy.k, horizon))
-        q_leader, _ = _shares(state)
-        left = max(policy.k - state.leader_streak, 0)
-        return float(min(left / max(q_leader, 1e-3), horizon))
-    if isinstance(policy, AnyOf):
-        parts = [expected_need(p, state, horizon=horizon) for p in policy.policies]
-        known = [p for p in parts if p is not None]
-        return min(known) if known else None
-    if isinstance(policy, AllOf):
-        parts = [expected_need(p, state, horizon=horizon) for p in policy.policies]
-        return None if any(p is None for p in parts) else max(p for p in parts if p is not None)
-    return None
+    return need_function(policy, horizon=horizon)(state)
 
 
 def default_need(state: RunState, *, horizon: int = 32) -> float:
@@ -512,6 +560,33 @@ class Flights:
         return len(self._calls)
 
 
+BoundFunction = Callable[[RunState], "int | None"]
+
+
+def _unbounded(state: RunState) -> int | None:
+    return None
+
+
+def bound_function(policy: object) -> BoundFunction:
+    """:func:`policy_bound` for ``policy``, with the dispatch on its kind done once."""
+    if isinstance(policy, MaxSamples):
+        n = policy.n
+        return lambda state: max(n - state.n_samples, 0)
+    if isinstance(policy, AnyOf):
+        known = [f for f in (bound_function(p) for p in policy.policies) if f is not _unbounded]
+        if not known:
+            return _unbounded
+        if len(known) == 1:
+            return known[0]
+        return lambda state: min(b for b in (f(state) for f in known) if b is not None)
+    if isinstance(policy, AllOf):
+        parts = [bound_function(p) for p in policy.policies]
+        if any(f is _unbounded for f in parts):
+            return _unbounded
+        return lambda state: max(b for b in (f(state) for f in parts) if b is not None)
+    return _unbounded
+
+
 def policy_bound(policy: object, state: RunState) -> int | None:
     """Most calls in flight that could still change ``policy``'s decision after ``state`` (``None``: unbounded).
 
@@ -519,38 +594,57 @@ def policy_bound(policy: object, state: RunState) -> int | None:
     in flight at once is never useful; ``a | b`` is bounded by its tightest part, ``a & b`` by its
     loosest. (A stand-in until the engine's bound on launched work lands.)
     """
-    if isinstance(policy, MaxSamples):
-        return max(policy.n - state.n_samples, 0)
-    if isinstance(policy, AnyOf):
-        parts = [b for b in (policy_bound(p, state) for p in policy.policies) if b is not None]
-        return min(parts) if parts else None
-    if isinstance(policy, AllOf):
-        bounds = [policy_bound(p, state) for p in policy.policies]
-        return None if any(b is None for b in bounds) else max(b for b in bounds if b is not None)
-    return None
+    return bound_function(policy)(state)
+
+
+class Planner:
+    """The launch plan of one run: ``auto`` and the policy, with the dispatch on the policy's kind done once.
+
+    :meth:`in_flight` is the one decision drivers ask for: the live run and the simulator call it
+    with the same snapshot and the same estimate, so they launch the same calls.
+    """
+
+    __slots__ = ("auto", "_need", "_bound")
+
+    def __init__(self, auto: Auto, policy: object) -> None:
+        self.auto = auto
+        need = need_function(policy, horizon=auto.horizon)
+        horizon = auto.horizon
+        self._need: Callable[[RunState], float] = (
+            (lambda state: default_need(state, horizon=horizon)) if need is _unknown else _or_default(need, horizon)
+        )
+        self._bound = bound_function(policy)
+
+    def in_flight(self, state: RunState, latency: LatencyEstimate) -> int:
+        """The calls to have in flight now, for a run at snapshot ``state`` (just taken).
+
+        The bound is the budget's launches left plus the calls in flight, and the policy's own.
+        """
+        bound = None if state.samples_left is None else state.samples_left + state.n_in_flight
+        own = self._bound(state)
+        if own is not None:
+            bound = own if bound is None else min(bound, own)
+        auto = self.auto
+        return plan_in_flight(
+            need=self._need(state),
+            in_flight=state.n_in_flight,
+            time_left=state.time_left,
+            call_seconds=latency.call_seconds,
+            speed=auto.speed,
+            bound=bound,
+            cap=auto.max_in_flight,
+            horizon=auto.horizon,
+        )
+
+
+def _or_default(need: NeedFunction, horizon: int) -> Callable[[RunState], float]:
+    def known(state: RunState) -> float:
+        value = need(state)
+        return default_need(state, horizon=horizon) if value is None else value
+
+    return known
 
 
 def auto_in_flight(auto: Auto, policy: object, state: RunState, latency: LatencyEstimate) -> int:
-    """The calls to have in flight now, for a run at snapshot ``state`` (just taken) planned by ``auto``.
-
-    The one decision drivers ask for: the live run and the simulator call it with the same snapshot
-    and the same estimate, so they launch the same calls. The bound is the budget's launches left
-    plus the calls in flight.
-    """
-    need = expected_need(policy, state, horizon=auto.horizon)
-    if need is None:
-        need = default_need(state, horizon=auto.horizon)
-    bound = None if state.samples_left is None else state.samples_left + state.n_in_flight
-    own = policy_bound(policy, state)
-    if own is not None:
-        bound = own if bound is None else min(bound, own)
-    return plan_in_flight(
-        need=need,
-        in_flight=state.n_in_flight,
-        time_left=state.time_left,
-        call_seconds=latency.call_seconds,
-        speed=auto.speed,
-        bound=bound,
-        cap=auto.max_in_flight,
-        horizon=auto.horizon,
-    )
+    """``Planner(auto, policy).in_flight(state, latency)``, for one decision."""
+    return Planner(auto, policy).in_flight(state, latency)

@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._aggregate import Aggregator, MajorityVote
 from ._budget import Budget
 from ._core import END_OF_STREAM, RunCore, check_run_args
-from ._plan import Auto, Concurrency, Flights, LatencyEstimate, auto_in_flight, parse_concurrency
+from ._plan import Concurrency, Flights, LatencyEstimate, Planner, parse_concurrency
 from ._sample import Sample
 from ._state import Result, RunState, StopReason
 from ._trace import TRACE_SCHEMA_VERSION, TraceWriter, decision_event, sample_event, stop_event
@@ -120,9 +120,10 @@ class Run:
         self._policy = as_policy(policy)
         self._aggregator = aggregator if aggregator is not None else MajorityVote()
         self._deadline = deadline
-        #: The plan of calls in flight: a fixed most (an int) or planned at every arrival (:class:`Auto`).
-        self._plan: int | Auto = plan
-        self._flights = Flights(LatencyEstimate(prior_latency=plan.prior_latency) if isinstance(plan, Auto) else None)
+        #: The calls in flight: a fixed most (an int), or planned at every arrival.
+        self._concurrency: int | None = plan if isinstance(plan, int) else None
+        self._planner = None if isinstance(plan, int) else Planner(plan, self._policy)
+        self._flights = Flights(None if isinstance(plan, int) else LatencyEstimate(prior_latency=plan.prior_latency))
         self._fallback = fallback
         self._sample_timeout = sample_timeout
         self._trace_target = trace
@@ -288,8 +289,9 @@ class Run:
 
     def _fill(self, samplers: TaskGroup, send: MemoryObjectSendStream[_Outcome]) -> None:
         core = self._core
-        plan = self._plan
-        most = plan if isinstance(plan, int) else auto_in_flight(plan, self._policy, core.state, self._flights.latency)
+        planner = self._planner
+        most = self._concurrency if planner is None else planner.in_flight(core.state, self._flights.latency)
+        assert most is not None
         while core.n_in_flight < most and core.can_launch():
             index = core.launch()
             self._flights.launched(index, self._now)
@@ -343,7 +345,7 @@ class Run:
                 "aggregator": repr(self._aggregator),
                 "budget": budget.to_dict(),
                 "deadline": self._deadline,
-                "concurrency": self._plan if isinstance(self._plan, int) else str(self._plan),
+                "concurrency": self._concurrency if self._planner is None else str(self._planner.auto),
                 "sample_timeout": self._sample_timeout,
                 "max_failures": self._core.max_failures,
             },

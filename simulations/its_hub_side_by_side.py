@@ -196,7 +196,11 @@ def markdown(rows: list[Row], args: argparse.Namespace, n: int, its_hub_version:
         + "."
     )
     if beta is not None and balanced is not None:
-        met = balanced.wall <= 1.25 * beta.wall and balanced.spent <= 0.6 * beta.spent and balanced.accuracy >= beta.accuracy
+        met = (
+            balanced.wall <= 1.25 * beta.wall
+            and balanced.spent <= 0.6 * beta.spent
+            and balanced.accuracy >= beta.accuracy
+        )
         lines.append(
             f"- `auto` against its-hub BetaSelfConsistency: wall {balanced.wall / beta.wall:.2f}x (target <= 1.25x), "
             f"billed + wasted {balanced.spent / beta.spent:.2f}x (target <= 0.6x), accuracy {balanced.accuracy:.3f} "
@@ -242,7 +246,9 @@ async def main_async(args: argparse.Namespace) -> list[tuple[int, list[Row]]]:
         for n in args.max_samples:
             methods: list[tuple[str, str, Callable[..., Any]]] = []
             for spec in args.policy:
-                settings = [parse_concurrency(str(n) if c == "N" else c, name="--concurrency") for c in args.concurrency]
+                settings = [
+                    parse_concurrency(str(n) if c == "N" else c, name="--concurrency") for c in args.concurrency
+                ]
                 for concurrency in dict.fromkeys(settings):
                     kind = "auto" if isinstance(concurrency, Auto) else "fixed"
                     name = f"budgetctl `{spec}`, concurrency {concurrency}"

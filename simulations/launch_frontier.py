@@ -85,7 +85,9 @@ def _run_policy(
     correct, wall, billed, wasted, requests = (np.zeros(shape) for _ in range(5))
     for i, question in enumerate(questions):
         stamped = model.stamp(question.samples)
-        runs = replay_orders(stamped, orders[i], [policy], budget=bc.Budget(samples=n), latency=model, deadline=deadline)
+        runs = replay_orders(
+            stamped, orders[i], [policy], budget=bc.Budget(samples=n), latency=model, deadline=deadline
+        )
         for o, (stop,) in enumerate(runs):
             state = stop.state
             correct[i, o] = not (outside and stop.reason == "deadline") and question.is_correct(state.answer)
@@ -142,7 +144,9 @@ def frontier(points: list[Point]) -> set[str]:
     }
 
 
-def run_pool(args: argparse.Namespace, pool_path: Path, n: int) -> tuple[list[Point], list[tuple[str, list[float]]], float]:
+def run_pool(
+    args: argparse.Namespace, pool_path: Path, n: int
+) -> tuple[list[Point], list[tuple[str, list[float]]], float]:
     pool = load_pool(str(pool_path))
     rng = np.random.default_rng(args.seed)
     picked = sorted(rng.choice(len(pool.questions), size=min(args.questions, len(pool.questions)), replace=False))
@@ -162,26 +166,55 @@ def run_pool(args: argparse.Namespace, pool_path: Path, n: int) -> tuple[list[Po
     timing = LatencyModel(ttft=ttft, per_token=per_token, concurrency=1)
     for k in sorted({1, 3, 5, 10, n}):
         if k <= n:
-            points.append(_point(f"its-hub SelfConsistency, budget {k}", "its-hub", _fixed_batch(questions, orders, timing, k)))
+            points.append(
+                _point(f"its-hub SelfConsistency, budget {k}", "its-hub", _fixed_batch(questions, orders, timing, k))
+            )
     beta_model = LatencyModel(ttft=ttft, per_token=per_token, concurrency=n)
     beta = parse_policy("ac:threshold=0.95") | MaxSamples(n)
-    points.append(_point(f"its-hub BetaSelfConsistency(0.95), budget {n}", "its-hub", _run_policy(questions, orders, beta, beta_model, n)))
+    points.append(
+        _point(
+            f"its-hub BetaSelfConsistency(0.95), budget {n}",
+            "its-hub",
+            _run_policy(questions, orders, beta, beta_model, n),
+        )
+    )
 
     median_sample = statistics.median(timing.latency(s) for q in questions for s in q.samples)
     curves: list[tuple[str, list[float]]] = []
     auto_model = LatencyModel(ttft=ttft, per_token=per_token, concurrency="auto")
-    curves.append(("budgetctl auto", [
-        float(_run_policy(questions, orders, capped, auto_model, n, deadline=f * median_sample)[0].mean()) for f in DEADLINE_FACTORS
-    ]))
-    curves.append((f"its-hub BetaSelfConsistency, budget {n}", [
-        float(_run_policy(questions, orders, beta, beta_model, n, deadline=f * median_sample, outside=True)[0].mean())
-        for f in DEADLINE_FACTORS
-    ]))
+    curves.append(
+        (
+            "budgetctl auto",
+            [
+                float(_run_policy(questions, orders, capped, auto_model, n, deadline=f * median_sample)[0].mean())
+                for f in DEADLINE_FACTORS
+            ],
+        )
+    )
+    curves.append(
+        (
+            f"its-hub BetaSelfConsistency, budget {n}",
+            [
+                float(
+                    _run_policy(questions, orders, beta, beta_model, n, deadline=f * median_sample, outside=True)[
+                        0
+                    ].mean()
+                )
+                for f in DEADLINE_FACTORS
+            ],
+        )
+    )
     for k in sorted({1, 3, 5, 10, n}):
         if k <= n:
-            curves.append((f"its-hub SelfConsistency, budget {k}", [
-                float(_fixed_batch(questions, orders, timing, k, deadline=f * median_sample)[0].mean()) for f in DEADLINE_FACTORS
-            ]))
+            curves.append(
+                (
+                    f"its-hub SelfConsistency, budget {k}",
+                    [
+                        float(_fixed_batch(questions, orders, timing, k, deadline=f * median_sample)[0].mean())
+                        for f in DEADLINE_FACTORS
+                    ],
+                )
+            )
     return points, curves, median_sample
 
 
@@ -202,7 +235,11 @@ def plot(pools: list[tuple[str, int, list[Point]]], path: Path) -> None:
                 marker=marker,
                 color=colour,
                 linestyle="-" if kind != "its-hub" else "none",
-                label={"fixed": "budgetctl, fixed concurrency", "auto": "budgetctl, auto (speeds)", "its-hub": "its-hub"}[kind],
+                label={
+                    "fixed": "budgetctl, fixed concurrency",
+                    "auto": "budgetctl, auto (speeds)",
+                    "its-hub": "its-hub",
+                }[kind],
                 markersize=9 if kind == "auto" else 6,
             )
             for p in chosen:
@@ -218,7 +255,9 @@ def plot(pools: list[tuple[str, int, list[Point]]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def markdown(args: argparse.Namespace, results: list[tuple[str, int, list[Point], list[tuple[str, list[float]]], float]]) -> str:
+def markdown(
+    args: argparse.Namespace, results: list[tuple[str, int, list[Point], list[tuple[str, list[float]]], float]]
+) -> str:
     command = "python simulations/launch_frontier.py " + " ".join(sys.argv[1:])
     lines = [
         "### Simulated (the latency model)",
@@ -268,9 +307,7 @@ def _targets(points: list[Point], curves: list[tuple[str, list[float]]], n: int)
     on = frontier(points)
     autos = [p for p in points if p.kind == "auto"]
     fixed = [p for p in points if p.kind == "fixed"]
-    dominated = [
-        f"{a.method} by {f.method}" for a in autos for f in fixed if f.wall < a.wall and f.spent < a.spent
-    ]
+    dominated = [f"{a.method} by {f.method}" for a in autos for f in fixed if f.wall < a.wall and f.spent < a.spent]
     beta = next(p for p in points if p.method.startswith("its-hub Beta"))
     balanced = next(p for p in autos if p.method == "auto")
     ours = dict(curves)["budgetctl auto"]
@@ -278,24 +315,34 @@ def _targets(points: list[Point], curves: list[tuple[str, list[float]]], n: int)
     worst = max(p.max_requests for p in points if p.kind != "its-hub")
     return [
         "Targets:",
-        f"- auto on the frontier (no fixed concurrency both faster and cheaper): "
+        "- auto on the frontier (no fixed concurrency both faster and cheaper): "
         + ("met" if not dominated else "missed: " + "; ".join(dominated))
         + f" (on the frontier: {', '.join(p.method for p in autos if p.method in on) or 'none'}).",
         f"- `auto` against its-hub BetaSelfConsistency: wall {balanced.wall / beta.wall:.2f}x (target <= 1.25x), "
         f"billed + wasted {balanced.spent / beta.spent:.2f}x (target <= 0.6x), accuracy {balanced.accuracy:.3f} "
         f"against {beta.accuracy:.3f}: "
-        + ("met" if balanced.wall <= 1.25 * beta.wall and balanced.spent <= 0.6 * beta.spent and balanced.accuracy >= beta.accuracy else "missed")
+        + (
+            "met"
+            if balanced.wall <= 1.25 * beta.wall
+            and balanced.spent <= 0.6 * beta.spent
+            and balanced.accuracy >= beta.accuracy
+            else "missed"
+        )
         + ".",
         "- accuracy at every deadline at least its-hub's best: "
         + ("met" if all(o >= b for o, b in zip(ours, best, strict=True)) else "missed")
-        + " (" + ", ".join(f"{o:.3f} vs {b:.3f}" for o, b in zip(ours, best, strict=True)) + ").",
+        + " ("
+        + ", ".join(f"{o:.3f} vs {b:.3f}" for o, b in zip(ours, best, strict=True))
+        + ").",
         f"- requests per question never above the cap N = {n}: " + ("met" if worst <= n else f"missed ({worst})") + ".",
     ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pool", action="append", default=None, help="pool files (default: ESC last letters, Faithful-CoT date)")
+    parser.add_argument(
+        "--pool", action="append", default=None, help="pool files (default: ESC last letters, Faithful-CoT date)"
+    )
     parser.add_argument("--n", type=int, nargs="+", default=[10, 40], help="sample caps N")
     parser.add_argument("--questions", type=int, default=100)
     parser.add_argument("--orders", type=int, default=10)
@@ -317,7 +364,10 @@ def main() -> int:
             points, curves, median = run_pool(args, pool, n)
             results.append((pool.name, n, points, curves, median))
             for p in points:
-                print(f"{pool.name} N={n} {p.method}: acc {p.accuracy:.3f} wall {p.wall:.3f} billed {p.billed:.0f} wasted {p.wasted:.0f} req {p.requests:.2f}", flush=True)
+                print(
+                    f"{pool.name} N={n} {p.method}: acc {p.accuracy:.3f} wall {p.wall:.3f} billed {p.billed:.0f} wasted {p.wasted:.0f} req {p.requests:.2f}",
+                    flush=True,
+                )
             for m, accs in curves:
                 print(f"  deadline {m}: {[round(a, 3) for a in accs]}", flush=True)
     text = markdown(args, results)

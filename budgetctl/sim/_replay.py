@@ -20,7 +20,7 @@ import numpy as np
 from .._aggregate import Aggregator
 from .._budget import Budget
 from .._core import RunCore
-from .._plan import Auto, Flights, LatencyEstimate, auto_in_flight, parse_concurrency
+from .._plan import Auto, Flights, LatencyEstimate, Planner, parse_concurrency
 from .._sample import Exhausted, Sample
 from .._state import RunState, StopReason
 from ..policies._base import Never, StopPolicy
@@ -228,6 +228,7 @@ def replay_orders(
     rows = drawn.tolist()
     results: list[list[Stop | None]] = [[None] * len(policies) for _ in range(len(rows))]
     auto = plan if isinstance(plan, Auto) else None
+    planner = None if auto is None or not policies else Planner(auto, policies[0])
     concurrency = plan if isinstance(plan, int) else 0
     ttft, per_token = model.ttft, model.per_token
 
@@ -289,8 +290,8 @@ def replay_orders(
                 phase = branch.phase = _START_FILL
             if phase != _WAIT:
                 flights = branch.flights
-                if auto is not None and flights is not None:
-                    concurrency = auto_in_flight(auto, branch.judged[0], core.state, flights.latency)
+                if planner is not None and flights is not None:
+                    concurrency = planner.in_flight(core.state, flights.latency)
                 while core.n_in_flight < concurrency and core.can_launch():
                     launched = branch.launched
                     if launched < n:
