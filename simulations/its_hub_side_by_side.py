@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import logging
 import random
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchdoc import write_part
+from benchdoc import write_section
 
 import budgetctl as bc
 from budgetctl import normalize_answer
@@ -165,8 +166,11 @@ def frontier(rows: list[Row]) -> set[str]:
 
 def markdown(rows: list[Row], args: argparse.Namespace, n: int, its_hub_version: str) -> str:
     on = frontier(rows)
+    command = "python simulations/its_hub_side_by_side.py " + " ".join(sys.argv[1:])
     lines = [
         f"### {Path(args.pool).name}, N = {n}",
+        "",
+        f"Command: `{command}`",
         "",
         f"{args.questions} questions (a seeded sample, seed {args.seed}), {args.parallel} asked at a time; "
         f"ttft {args.ttft_ms:g} ms, {args.ms_per_token:g} ms/token; its-hub {its_hub_version}. Per question: "
@@ -213,7 +217,6 @@ def markdown(rows: list[Row], args: argparse.Namespace, n: int, its_hub_version:
 
 
 def intro(args: argparse.Namespace) -> str:
-    command = "python simulations/its_hub_side_by_side.py " + " ".join(sys.argv[1:])
     return "\n".join(
         [
             SECTION,
@@ -221,9 +224,8 @@ def intro(args: argparse.Namespace) -> str:
             "Replay server run in-process over loopback HTTP; every method sees each question's samples in the "
             "same order. Wall times come from a shared 2-core machine with the server in the same process: "
             "compare them within one run, not across runs. The same comparison by the simulator's latency "
-            "model, with accuracy at deadlines, is in the part below the HTTP runs.",
-            "",
-            f"Command: `{command}`",
+            "model, on more questions and with accuracy at deadlines, is in "
+            "[Launch planning](#launch-planning-wall-time-against-tokens-simulated).",
             "",
         ]
     )
@@ -322,11 +324,22 @@ def plot(results: list[tuple[int, list[Row]]], pool: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write(doc: Path, head: str, parts: list[str], pool: str) -> None:
+    """Rewrite the section: this run's intro (its command) and parts, the other pools' parts kept as they are."""
+    document = doc.read_text(encoding="utf-8") if doc.exists() else ""
+    kept: list[str] = []
+    match = re.search(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", document, re.MULTILINE | re.DOTALL)
+    if match:
+        blocks = re.split(r"^(?=### )", match.group(0), flags=re.MULTILINE)[1:]
+        kept = [b.rstrip("\n") + "\n" for b in blocks if not b.startswith(f"### {pool},")]
+    write_section(doc, "\n".join([head.rstrip("\n"), "", *kept, *parts]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", default=str(DEFAULT_POOL), help="pool file served by the replay server")
     parser.add_argument("--questions", type=int, default=60, help="questions asked (a seeded sample of the pool)")
-    parser.add_argument("--parallel", type=int, default=6, help="questions asked at a time")
+    parser.add_argument("--parallel", type=int, default=1, help="questions asked at a time")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ttft-ms", type=float, default=80.0)
     parser.add_argument("--ms-per-token", type=float, default=15.0)
@@ -365,13 +378,7 @@ def main() -> int:
     print()
     print("\n".join(parts))
     if args.write is not None:
-        from benchdoc import write_section
-
-        document = args.write.read_text(encoding="utf-8") if args.write.exists() else ""
-        if SECTION not in document:
-            write_section(args.write, intro(args))
-        for part in parts:
-            write_part(args.write, SECTION, part)
+        write(args.write, intro(args), parts, Path(args.pool).name)
     return 0
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from benchdoc import write_part
+from benchdoc import write_section
 
 import budgetctl as bc
 from budgetctl import normalize_answer
@@ -39,7 +39,7 @@ from budgetctl.sim import LatencyModel, orders_for, replay_orders
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "traces"
-SECTION = "## Launch planning: wall time against tokens"
+SECTION = "## Launch planning: wall time against tokens (simulated)"
 DEADLINE_FACTORS = (0.5, 1.0, 2.0, 3.0, 5.0)
 AUTO_SPEEDS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -224,7 +224,10 @@ def plot(pools: list[tuple[str, int, list[Point]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(pools), figsize=(5.2 * len(pools), 4.4), squeeze=False)
+    cols = min(len(pools), 2)
+    rows = -(-len(pools) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(6.0 * cols, 4.6 * rows), squeeze=False)
+    axes = [list(grid.flat)]
     styles = {"fixed": ("o", "tab:blue"), "auto": ("*", "tab:red"), "its-hub": ("s", "tab:gray")}
     for ax, (name, n, points) in zip(axes[0], pools, strict=True):
         for kind, (marker, colour) in styles.items():
@@ -246,6 +249,7 @@ def plot(pools: list[tuple[str, int, list[Point]]], path: Path) -> None:
                 label = p.method.replace("concurrency ", "c=").replace("its-hub ", "").replace("SelfConsistency", "SC")
                 ax.annotate(label, (p.spent, p.wall), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel("billed + wasted tokens per question")
         ax.set_ylabel("wall seconds per question")
         ax.set_title(f"{name}, N = {n}", fontsize=9)
@@ -260,7 +264,7 @@ def markdown(
 ) -> str:
     command = "python simulations/launch_frontier.py " + " ".join(sys.argv[1:])
     lines = [
-        "### Simulated (the latency model)",
+        SECTION,
         "",
         f"Command: `{command}`",
         "",
@@ -375,7 +379,7 @@ def main() -> int:
     if args.plot:
         plot([(name, n, points) for name, n, points, _, _ in results], Path(args.plot))
     if args.write is not None:
-        write_part(args.write, SECTION, text)
+        write_section(args.write, text)
     return 0
 
 
