@@ -1,9 +1,23 @@
-"""The synchronous heart of a run: bookkeeping, budget checks and stop decisions, with no I/O and no clock.
+"""The engine of every run: a sans-I/O state machine that takes events and says what to do next.
 
-The async runtime (:mod:`budgetctl._runtime`) and the offline simulator both drive this one class,
-the first with real samplers and anyio's clock, the second with replayed samples and a virtual
-clock. Because every decision is taken here, a simulated run and a live run on the same samples in
-the same order decide the same things.
+In the manner of h11 and wsproto, :class:`RunCore` does no I/O and reads no clock. A driver feeds
+it events and carries out the actions it answers with:
+
+* events in: :meth:`RunCore.start` (the run begins), :meth:`RunCore.launch` (a call was started),
+  :meth:`RunCore.outcome` (a call gave an outcome, or a partial one of a stream),
+  :meth:`RunCore.expired` (time has advanced to ``now``), :meth:`RunCore.cancel` (the calls in
+  flight were cancelled);
+* actions out: a stop reason (end the run now, cancel what is in flight), or
+  :meth:`RunCore.fill` / :meth:`RunCore.room`: how many calls to launch now.
+
+How many calls to have in flight is decided in one place, :meth:`RunCore.target_in_flight`, which
+asks the run's :class:`LaunchPlanner` (default: the fixed ``concurrency``); the policy's
+:meth:`~budgetctl.policies.StopPolicy.remaining_bound` and the budget then cap it
+(:meth:`RunCore.room`). The async runtime (:mod:`budgetctl._runtime`), the live scheduler, the
+offline simulator and the shared-budget simulation are drivers of this one class, the first two
+with real samplers and anyio's clock, the others with replayed samples and a virtual clock; because
+every decision is taken here, a simulated run and a live run on the same samples in the same order
+decide the same things.
 """
 
 from __future__ import annotations
@@ -12,14 +26,15 @@ import math
 from collections.abc import Hashable, Sequence
 from dataclasses import fields, replace
 from types import MappingProxyType
+from typing import Protocol
 
 from ._aggregate import Aggregator, MajorityVote, Tally
 from ._budget import Budget
 from ._sample import Exhausted, Sample, validate_sample
 from ._state import Result, RunState, StopReason
-from .policies._base import StopPolicy
+from .policies._base import PolicyError, StopPolicy
 
-__all__ = ["RunCore", "check_run_args", "END_OF_STREAM"]
+__all__ = ["RunCore", "LaunchPlanner", "check_run_args", "END_OF_STREAM"]
 
 #: What a streaming sampler call reports when its stream ends without a last item.
 END_OF_STREAM = object()
@@ -60,19 +75,53 @@ def _stamped(sample: Sample, latency: float) -> Sample:
     return new
 
 
-class RunCore:
-    """The state of one run, updated sample by sample, and the rules that stop it.
+class LaunchPlanner(Protocol):
+    """How many calls a run wants in flight: the one decision a launch planner makes.
 
-    Times are seconds since the run started, given by the caller (real or virtual clock).
-    ``keep_samples=False`` keeps no list of the samples (``Result.samples`` is then empty): the
-    simulator, which only reads snapshots, saves the memory and the copies.
+    :meth:`RunCore.target_in_flight` asks it whenever the engine may launch (after the start and
+    after every outcome); the answer is clamped to ``1..concurrency`` and then capped by the
+    policy's bound and the budget (:meth:`RunCore.room`), so a planner can only launch less than
+    they allow. ``policy`` is the policy being judged (the simulator judges several on one run).
+    :meth:`observe` is told of every outcome once the engine has recorded it (``core.state`` is
+    the new snapshot): a planner learns the sampler's latency there.
+    """
+
+    def target_in_flight(self, core: RunCore, policy: StopPolicy) -> int: ...
+
+    def observe(self, core: RunCore, latency: float, final: bool) -> None: ...
+
+
+def describe_error(error: BaseException) -> str:
+    """``"Type: message"`` of an exception, even one whose ``__str__`` raises."""
+    name = type(error).__name__
+    try:
+        text = str(error)
+    except Exception:  # a broken __str__ must not lose the sample, nor crash the run
+        return f"{name}: <unprintable {name}>"
+    return f"{name}: {text}" if text else name
+
+
+class RunCore:
+    """The state of one run, updated event by event, and the rules that decide what it does next.
+
+    Times are the driver's clock (real or virtual); :meth:`start` sets the run's ``origin`` on it,
+    and snapshots report ``elapsed = now - origin``. ``keep_samples=False`` keeps no list of the
+    samples (``Result.samples`` is then empty): the simulator, which only reads snapshots, saves
+    the memory and the copies. ``concurrency`` is the most calls in flight at once; ``planner``
+    may choose fewer (:meth:`target_in_flight`).
     """
 
     __slots__ = (
         "budget",
         "policy",
         "max_failures",
+        "deadline",
         "time_limit",
+        "origin",
+        "limit_at",
+        "concurrency",
+        "planner",
+        "now",
         "tally",
         "samples",
         "n_samples",
@@ -100,14 +149,25 @@ class RunCore:
         deadline: float | None = None,
         max_failures: int | None = None,
         keep_samples: bool = True,
+        concurrency: int = 1,
+        planner: LaunchPlanner | None = None,
     ) -> None:
         self.budget = budget if budget is not None else Budget()
         self._keep_samples = keep_samples
         self.policy = policy
         self.max_failures = max_failures
+        self.deadline = deadline
         limits = [t for t in (deadline, self.budget.seconds) if t is not None]
         #: Seconds after the start at which the run must end (deadline or time budget).
         self.time_limit: float | None = min(limits) if limits else None
+        #: The driver's clock at the run's start (set by :meth:`start`).
+        self.origin = 0.0
+        #: The driver's clock at which the run must end (``inf``: never).
+        self.limit_at = math.inf if self.time_limit is None else self.time_limit
+        self.concurrency = concurrency
+        self.planner = planner
+        #: The driver's clock at the latest event.
+        self.now = 0.0
         self.tally: Tally = (aggregator if aggregator is not None else MajorityVote()).start()
         self.samples: list[Sample] = []
         self.n_samples = 0
@@ -133,9 +193,108 @@ class RunCore:
         new.samples = self.samples.copy()
         return new
 
-    # -- launching ---------------------------------------------------------------------------------
+    # -- events --------------------------------------------------------------------------------------
+    def start(self, now: float = 0.0) -> StopReason | None:
+        """Event: the run begins at ``now`` (its origin on the driver's clock).
+
+        Returns a reason to end it before any call (a budget that allows nothing), else ``None``.
+        Drivers then report the time (:meth:`expired`), which ends a run whose deadline is 0.
+        """
+        self.origin = self.now = now
+        self.limit_at = math.inf if self.time_limit is None else now + self.time_limit
+        self._state = self.snapshot(now)
+        reason = self.limit_reason()
+        if reason is None and self.room() == 0:
+            return "budget"
+        return reason
+
+    def launch(self) -> int:
+        """Event: one sampler call was started; returns its index."""
+        self.n_launched += 1
+        self.n_in_flight += 1
+        return self.n_launched - 1
+
+    def expired(self, now: float) -> StopReason | None:
+        """Event: time has advanced to ``now``. The reason to stop by the clock, if its limit has passed.
+
+        A call's outcome that arrives at or after the limit is too late: drivers report the time
+        first, and drop the outcome when this says stop (it counts as cancelled).
+        """
+        if now >= self.limit_at:
+            return self.time_reason()
+        self.now = now
+        return None
+
+    def outcome(self, outcome: object, latency: float, now: float, *, final: bool = True) -> StopReason | None:
+        """Event: a call gave ``outcome``; record it and say whether the run stops (and why).
+
+        ``final=False`` is a partial answer of a streaming call (the call is still in flight). The
+        policy (or a settled aggregator) is asked first, then the limits; when the run may go on
+        but nothing is in flight and nothing may be launched, the limits say why it ends (else
+        ``budget``). The snapshot is :attr:`state`.
+        """
+        state = self.record(outcome, latency, now, final=final)
+        if self.planner is not None:
+            self.planner.observe(self, latency, final)
+        reason = self.decide(state)
+        if reason is None and self.n_in_flight == 0 and self.room() == 0:
+            reason = self.limit_reason() or "budget"
+        return reason
+
+    def cancel(self) -> int:
+        """Event: the calls still in flight were cancelled; returns how many."""
+        cancelled, self.n_in_flight = self.n_in_flight, 0
+        return cancelled
+
+    cancel_in_flight = cancel
+
+    # -- actions -------------------------------------------------------------------------------------
+    def target_in_flight(self, policy: StopPolicy | None = None) -> int:
+        """How many calls the run wants in flight now: the planner's choice, else ``concurrency``.
+
+        The single point where the fan-out is decided; always at least 1 and at most
+        ``concurrency`` (an explicit concurrency is an upper bound for any planner).
+        """
+        planner = self.planner
+        if planner is None:
+            return self.concurrency
+        wanted = planner.target_in_flight(self, self.policy if policy is None else policy)
+        return 1 if wanted < 1 else wanted if wanted < self.concurrency else self.concurrency
+
+    def room(self, policy: StopPolicy | None = None) -> int:
+        """How many more calls may be launched now (``policy``: judged in place of the run's own).
+
+        The target of :meth:`target_in_flight`, less the calls in flight, capped by what the
+        policy says could still matter (its :meth:`~budgetctl.policies.StopPolicy.remaining_bound`
+        counts the calls in flight: launched work, not just the samples back), by the samples the
+        budget has left, and zero once a limit forbids launching. A policy that has not stopped
+        always gets at least one call in flight, so a bound can delay launches, never end a run.
+        """
+        if not self.can_launch():
+            return 0
+        in_flight = self.n_in_flight
+        room = self.target_in_flight(policy) - in_flight
+        if room <= 0:
+            return 0
+        if room > 1 or in_flight:  # one call with none in flight is always allowed: no bound to ask
+            bound = (self.policy if policy is None else policy).remaining_bound(self._state)
+            if bound is not None:
+                room = min(room, (bound if bound > 1 else 1) - in_flight)
+        samples = self.budget.samples
+        if samples is not None:
+            room = min(room, samples - self.n_launched)
+        return room if room > 0 else 0
+
+    def fill(self) -> int:
+        """Action: count as launched, and return, the calls the driver must start now (:meth:`room`)."""
+        room = self.room()
+        if room:
+            self.n_launched += room
+            self.n_in_flight += room
+        return room
+
     def can_launch(self) -> bool:
-        """Whether the budget (and the sampler) allow one more sampler call now."""
+        """Whether the limits (budget, failures, an exhausted sampler) allow one more sampler call now."""
         if self.exhausted or self._too_many_failures():
             return False
         budget = self.budget
@@ -145,27 +304,27 @@ class RunCore:
             return False
         return not (budget.dollars is not None and self.dollars >= budget.dollars)
 
-    def launch(self) -> int:
-        """Count one sampler call as started; returns its index."""
-        self.n_launched += 1
-        self.n_in_flight += 1
-        return self.n_launched - 1
-
     # -- recording ---------------------------------------------------------------------------------
     def record(self, outcome: object, latency: float, now: float, *, final: bool = True) -> RunState:
         """Record what one sampler call gave (samples, an exception, or garbage) and snapshot the run.
 
         Exceptions and invalid returns become failed samples carrying the error; nothing raised by a
-        sampler escapes. :class:`~budgetctl.Exhausted` marks the sampler exhausted. A streaming call
-        reports each partial answer with ``final=False`` and ends with ``final=True`` (``outcome``
-        may then be :data:`END_OF_STREAM`, which adds no sample).
+        sampler escapes, nor anything a broken return value raises when looked at (its ``repr``, its
+        answer's ``hash``). :class:`~budgetctl.Exhausted` marks the sampler exhausted. A streaming
+        call reports each partial answer with ``final=False`` and ends with ``final=True``
+        (``outcome`` may then be :data:`END_OF_STREAM`, which adds no sample).
         """
         if final:
             self.n_in_flight -= 1
+        self.now = now
         if type(outcome) is Sample and outcome.latency is not None:  # the hot path: one stamped sample
             self._add(outcome)
         elif outcome is not END_OF_STREAM:
-            for sample in self._as_samples(outcome, latency):
+            try:
+                samples = self._as_samples(outcome, latency)
+            except Exception as error:  # a return value that fails when looked at is a failed sample
+                samples = [Sample(error=f"sampler returned a broken value ({describe_error(error)})", latency=latency)]
+            for sample in samples:
                 self._add(sample)
         self._state = self.snapshot(now)
         return self._state
@@ -177,8 +336,7 @@ class RunCore:
             self.exhausted = True
             return []
         elif isinstance(outcome, BaseException):
-            message = f"{type(outcome).__name__}: {outcome}" if str(outcome) else type(outcome).__name__
-            return [Sample(error=message, latency=latency)]
+            return [Sample(error=describe_error(outcome), latency=latency)]
         elif isinstance(outcome, list | tuple):
             batch = list(outcome)
             if not batch:
@@ -197,6 +355,19 @@ class RunCore:
         return samples
 
     def _add(self, sample: Sample) -> None:
+        tally = self.tally
+        before = tally.best_key
+        key = None
+        if sample.error is None and sample.answer is not None:
+            try:
+                key = tally.add(sample)
+            except Exception as error:  # an answer whose hash or comparison fails: a failed sample
+                sample = Sample(
+                    tokens=sample.tokens,
+                    cost=sample.cost,
+                    latency=sample.latency,
+                    error=f"sample's answer cannot be counted ({describe_error(error)})",
+                )
         if self._keep_samples:
             self.samples.append(sample)
         self.tokens += sample.tokens
@@ -207,9 +378,6 @@ class RunCore:
         self.n_samples += 1
         if self.first_tokens is None:
             self.first_tokens = sample.tokens
-        tally = self.tally
-        before = tally.best_key
-        key = tally.add(sample) if sample.answer is not None else None
         if key is None:
             self.n_abstained += 1
             self.answer_run = 0
@@ -224,42 +392,38 @@ class RunCore:
         else:
             self.leader_streak = 1
 
-    def cancel_in_flight(self) -> int:
-        """Forget the calls still in flight (the runtime cancelled them); returns how many."""
-        cancelled, self.n_in_flight = self.n_in_flight, 0
-        return cancelled
-
     # -- snapshots and decisions -------------------------------------------------------------------
     def snapshot(self, now: float) -> RunState:
-        """A frozen :class:`RunState` of the run at ``now`` seconds after its start."""
+        """A frozen :class:`RunState` of the run at ``now`` (the driver's clock)."""
         tally = self.tally
         budget = self.budget
         key = tally.best_key
+        elapsed = now - self.origin
         time_limit = self.time_limit
         return RunState(
-            self.n_samples,
-            self.n_failed,
-            self.n_in_flight,
-            self.tokens,
-            self.dollars,
-            now,
-            None if time_limit is None else time_limit - now,
-            None if budget.samples is None else max(budget.samples - self.n_launched, 0),
-            None if budget.tokens is None else max(budget.tokens - self.tokens, 0),
-            None if key is None else tally.raw[key],
-            tally.confidence,
-            tally.leader_votes,
-            tally.runner_up_votes,
-            tally.total_votes,
-            self.n_abstained,
-            len(tally.counts),
-            self.leader_streak,
-            self.answer_run,
-            self.first_tokens,
-            None if key is None else tally.sample_confidence_of(key),
-            None if key is None else tally.score_of(key),
-            tally.settled,
-            MappingProxyType(tally.counts.copy()),
+            n_samples=self.n_samples,
+            n_failed=self.n_failed,
+            n_in_flight=self.n_in_flight,
+            tokens=self.tokens,
+            dollars=self.dollars,
+            elapsed=elapsed,
+            time_left=None if time_limit is None else time_limit - elapsed,
+            samples_left=None if budget.samples is None else max(budget.samples - self.n_launched, 0),
+            tokens_left=None if budget.tokens is None else max(budget.tokens - self.tokens, 0),
+            answer=None if key is None else tally.raw[key],
+            confidence=tally.confidence,
+            leader_votes=tally.leader_votes,
+            runner_up_votes=tally.runner_up_votes,
+            total_votes=tally.total_votes,
+            n_abstained=self.n_abstained,
+            n_distinct=len(tally.counts),
+            leader_streak=self.leader_streak,
+            answer_run=self.answer_run,
+            first_tokens=self.first_tokens,
+            leader_sample_confidence=None if key is None else tally.sample_confidence_of(key),
+            leader_score=None if key is None else tally.score_of(key),
+            settled=tally.settled,
+            counts=MappingProxyType(tally.counts.copy()),
         )
 
     @property
@@ -287,8 +451,18 @@ class RunCore:
         return None
 
     def decide(self, state: RunState) -> StopReason | None:
-        """Whether to stop after ``state``: the policy (or a settled aggregator) first, then the limits."""
-        return self.judge((self.policy,), state)[0]
+        """Whether to stop after ``state``: the policy (or a settled aggregator) first, then the limits.
+
+        A policy that raises is a bug in the policy, not a fault of the sampler: it is raised as a
+        :class:`~budgetctl.policies.PolicyError` (the original as its cause).
+        """
+        if state.settled:
+            return "policy"
+        try:
+            stop = self.policy(state)
+        except Exception as error:
+            raise PolicyError(f"the stop policy {_safe_repr(self.policy)} raised {describe_error(error)}") from error
+        return "policy" if stop else self.limit_reason()
 
     def judge(self, policies: Sequence[StopPolicy], state: RunState) -> list[StopReason | None]:
         """What :meth:`decide` would say after ``state`` for each of ``policies`` in place of the run's own.
@@ -301,15 +475,17 @@ class RunCore:
         limit = self.limit_reason()
         return ["policy" if policy(state) else limit for policy in policies]
 
-    def time_reason(self, deadline: float | None) -> StopReason:
+    def time_reason(self, deadline: float | None = None) -> StopReason:
         """The reason for a stop by the clock: ``budget`` when the time budget came first, else ``deadline``."""
+        if deadline is None:
+            deadline = self.deadline
         seconds = self.budget.seconds
         if seconds is not None and (deadline is None or seconds < deadline):
             return "budget"
         return "deadline"
 
     def result(self, reason: StopReason, now: float, *, fallback: object = None, n_cancelled: int = 0) -> Result:
-        """The :class:`Result` of the run, stopped for ``reason`` at ``now``."""
+        """The :class:`Result` of the run, stopped for ``reason`` at ``now`` (the driver's clock)."""
         state = self.snapshot(now)
         voted = self.tally.best_key is not None
         return Result(
@@ -321,7 +497,18 @@ class RunCore:
             n_cancelled=n_cancelled,
             tokens=self.tokens,
             dollars=self.dollars,
-            elapsed=now,
+            elapsed=state.elapsed,
             samples=tuple(self.samples),
             state=state,
         )
+
+    def finish(self, reason: StopReason, now: float, *, fallback: object = None) -> Result:
+        """Event and result at once: the run ends for ``reason`` at ``now``; calls in flight are cancelled."""
+        return self.result(reason, now, fallback=fallback, n_cancelled=self.cancel())
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"

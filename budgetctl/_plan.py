@@ -27,11 +27,14 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._sample import Sample
 from ._state import RunState
-from .policies._base import AllOf, AnyOf
+from .policies._base import AllOf, AnyOf, StopPolicy
+
+if TYPE_CHECKING:
+    from ._core import RunCore
 from .policies._posterior import prob_leader_beta
 from .policies._rules import ESC, AdaptiveConsistency, MaxSamples, MaxTokens, Stable
 
@@ -42,15 +45,15 @@ __all__ = [
     "LatencyEstimate",
     "Planner",
     "SPEEDS",
-    "auto_in_flight",
     "default_need",
     "expected_need",
     "need_function",
-    "bound_function",
     "parse_concurrency",
-    "policy_bound",
     "plan_in_flight",
 ]
+
+#: The engine's ``concurrency`` when no cap is set (its plan is clamped to it).
+_NO_CAP = 1 << 30
 
 #: Named settings of :attr:`Auto.speed`, cheapest to fastest.
 SPEEDS: Mapping[str, float] = {"cheapest": 0.0, "cheap": 0.25, "balanced": 0.5, "fast": 0.75, "fastest": 1.0}
@@ -94,6 +97,11 @@ class Auto:
                 raise TypeError(f"Auto: {name} must be an int, got {value!r}")
             if value < 1:
                 raise ValueError(f"Auto: {name} must be >= 1, got {value!r}")
+
+    @property
+    def cap(self) -> int:
+        """The explicit upper bound the engine clamps the plan to (``max_in_flight``, else none in effect)."""
+        return self.max_in_flight if self.max_in_flight is not None else _NO_CAP
 
     def __str__(self) -> str:
         named = next((k for k, v in SPEEDS.items() if v == self.speed), None)
@@ -560,81 +568,69 @@ class Flights:
         return len(self._calls)
 
 
-BoundFunction = Callable[[RunState], "int | None"]
-
-
-def _unbounded(state: RunState) -> int | None:
-    return None
-
-
-def bound_function(policy: object) -> BoundFunction:
-    """:func:`policy_bound` for ``policy``, with the dispatch on its kind done once."""
-    if isinstance(policy, MaxSamples):
-        n = policy.n
-        return lambda state: max(n - state.n_samples, 0)
-    if isinstance(policy, AnyOf):
-        known = [f for f in (bound_function(p) for p in policy.policies) if f is not _unbounded]
-        if not known:
-            return _unbounded
-        if len(known) == 1:
-            return known[0]
-        return lambda state: min(b for b in (f(state) for f in known) if b is not None)
-    if isinstance(policy, AllOf):
-        parts = [bound_function(p) for p in policy.policies]
-        if any(f is _unbounded for f in parts):
-            return _unbounded
-        return lambda state: max(b for b in (f(state) for f in parts) if b is not None)
-    return _unbounded
-
-
-def policy_bound(policy: object, state: RunState) -> int | None:
-    """Most calls in flight that could still change ``policy``'s decision after ``state`` (``None``: unbounded).
-
-    ``MaxSamples(n)`` stops after n successful samples, so more than the samples it still needs
-    in flight at once is never useful; ``a | b`` is bounded by its tightest part, ``a & b`` by its
-    loosest. (A stand-in until the engine's bound on launched work lands.)
-    """
-    return bound_function(policy)(state)
-
-
 class Planner:
-    """The launch plan of one run: ``auto`` and the policy, with the dispatch on the policy's kind done once.
+    """The launch planner of runs with ``concurrency=Auto(...)``: the engine's :class:`~budgetctl._core.LaunchPlanner`.
 
-    :meth:`in_flight` is the one decision drivers ask for: the live run and the simulator call it
-    with the same snapshot and the same estimate, so they launch the same calls.
+    :meth:`target_in_flight` is the one decision the engine asks for (after the start and after
+    every outcome): :func:`plan_in_flight` from the run's snapshot, the latency estimate ``latency``
+    (fed by the driver's :class:`Flights`, which also knows each call's launch time) and the
+    policy's expected need, compiled once per policy (the simulator judges several on one run).
+    The live run and the simulator ask it with the same snapshot and the same estimate, so they
+    launch the same calls.
     """
 
-    __slots__ = ("auto", "_need", "_bound")
+    __slots__ = ("auto", "latency", "_needs")
 
-    def __init__(self, auto: Auto, policy: object) -> None:
+    def __init__(self, auto: Auto, latency: LatencyEstimate | None = None) -> None:
         self.auto = auto
-        need = need_function(policy, horizon=auto.horizon)
-        horizon = auto.horizon
-        self._need: Callable[[RunState], float] = (
-            (lambda state: default_need(state, horizon=horizon)) if need is _unknown else _or_default(need, horizon)
-        )
-        self._bound = bound_function(policy)
+        self.latency = latency if latency is not None else LatencyEstimate(prior_latency=auto.prior_latency)
+        self._needs: dict[int, tuple[object, Callable[[RunState], float]]] = {}
 
-    def in_flight(self, state: RunState, latency: LatencyEstimate) -> int:
-        """The calls to have in flight now, for a run at snapshot ``state`` (just taken).
+    def reading(self, latency: LatencyEstimate) -> Planner:
+        """The same planner reading another estimate (a forked simulated run has its own)."""
+        new = Planner(self.auto, latency)
+        new._needs = self._needs
+        return new
 
-        The bound is the budget's launches left plus the calls in flight, and the policy's own.
+    def _need(self, policy: object) -> Callable[[RunState], float]:
+        entry = self._needs.get(id(policy))
+        if entry is None or entry[0] is not policy:
+            horizon = self.auto.horizon
+            need = need_function(policy, horizon=horizon)
+            if need is _unknown:
+                entry = (policy, lambda state: default_need(state, horizon=horizon))
+            else:
+                entry = (policy, _or_default(need, horizon))
+            self._needs[id(policy)] = entry
+        return entry[1]
+
+    def target_in_flight(self, core: RunCore, policy: StopPolicy) -> int:
+        """The calls to have in flight now, for the run ``core`` judged by ``policy``.
+
+        The calls that could still help are the fewest of what the budget may still launch and what
+        the policy's :meth:`~budgetctl.policies.StopPolicy.remaining_bound` could still use (the engine
+        caps the launches by both again).
         """
+        state = core.state
         bound = None if state.samples_left is None else state.samples_left + state.n_in_flight
-        own = self._bound(state)
+        remaining = getattr(policy, "remaining_bound", None)
+        own = remaining(state) if remaining is not None else None
         if own is not None:
             bound = own if bound is None else min(bound, own)
         auto = self.auto
         return plan_in_flight(
-            need=self._need(state),
+            need=self._need(policy)(state),
             in_flight=state.n_in_flight,
             time_left=state.time_left,
-            call_seconds=latency.call_seconds,
+            call_seconds=self.latency.call_seconds,
             speed=auto.speed,
             bound=bound,
             cap=auto.max_in_flight,
             horizon=auto.horizon,
         )
+
+    def observe(self, core: RunCore, latency: float, final: bool) -> None:
+        """Nothing: the driver's :class:`Flights` feed the estimate (they know which call each outcome ends)."""
 
 
 def _or_default(need: NeedFunction, horizon: int) -> Callable[[RunState], float]:
@@ -643,8 +639,3 @@ def _or_default(need: NeedFunction, horizon: int) -> Callable[[RunState], float]
         return default_need(state, horizon=horizon) if value is None else value
 
     return known
-
-
-def auto_in_flight(auto: Auto, policy: object, state: RunState, latency: LatencyEstimate) -> int:
-    """``Planner(auto, policy).in_flight(state, latency)``, for one decision."""
-    return Planner(auto, policy).in_flight(state, latency)

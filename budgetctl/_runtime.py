@@ -1,15 +1,18 @@
 """The anytime runtime: draw samples concurrently under a deadline and a budget, keep the best answer.
 
-One async engine (:class:`Run`, opened with :func:`open_run`); :func:`solve` awaits it to the end,
+One async driver (:class:`Run`, opened with :func:`open_run`); :func:`solve` awaits it to the end,
 :func:`solve_sync` runs :func:`solve` in a fresh event loop for synchronous callers. All bookkeeping
-and decisions live in :class:`~budgetctl._core.RunCore`, which the simulator drives too.
+and decisions live in the sans-I/O engine :class:`~budgetctl._core.RunCore`, which the scheduler
+and the simulators drive too: this module only maps its actions to tasks and anyio's clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import os
+import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -28,7 +31,7 @@ from ._plan import Concurrency, Flights, LatencyEstimate, Planner, parse_concurr
 from ._sample import Sample
 from ._state import Result, RunState, StopReason
 from ._trace import TRACE_SCHEMA_VERSION, TraceWriter, decision_event, sample_event, stop_event
-from .policies._base import PolicyLike, as_policy
+from .policies._base import PolicyError, PolicyLike, as_policy
 
 __all__ = ["Run", "RunUpdates", "Sampler", "open_run", "solve", "solve_sync"]
 
@@ -38,6 +41,103 @@ __all__ = ["Run", "RunUpdates", "Sampler", "open_run", "solve", "solve_sync"]
 Sampler: TypeAlias = Callable[[], Awaitable[Sample | Sequence[Sample]] | AsyncIterator[Sample]]
 
 _Outcome: TypeAlias = tuple[int, object, float, bool]
+
+
+class Escalated:
+    """What a sampler call sends when it raised a ``BaseException`` that must reach the caller.
+
+    ``KeyboardInterrupt``, ``SystemExit`` and the like are not faults of a sample: the run stops
+    and its driver re-raises the exception as itself, outside every task group (never wrapped in
+    a ``BaseExceptionGroup``).
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def clock() -> float | None:
+    """anyio's clock now, or ``None`` outside an event loop."""
+    try:
+        return anyio.current_time()
+    except RuntimeError:  # sniffio.AsyncLibraryNotFoundError: no event loop in this thread
+        return None
+
+
+class RunLog:
+    """A run's trace: its start event, each outcome's samples and decision, and its stop event.
+
+    Shared by :class:`Run` and the scheduler's requests, so both log the same events. A path is
+    opened (and closed by :meth:`close`); a stream or a :class:`TraceWriter` given is left open.
+    """
+
+    __slots__ = ("run_id", "_target", "_writer", "_traced")
+
+    def __init__(self, run_id: str, target: str | os.PathLike[str] | IO[str] | TraceWriter) -> None:
+        self.run_id = run_id
+        self._target = target
+        self._writer = target if isinstance(target, TraceWriter) else TraceWriter(target)
+        self._traced = 0
+
+    def start(self, config: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        """Write the start event."""
+        self._writer.write(
+            {
+                "event": "start",
+                "v": TRACE_SCHEMA_VERSION,
+                "run": self.run_id,
+                "time": anyio.current_time(),
+                "config": dict(config),
+                "meta": dict(meta),
+            }
+        )
+
+    def step(self, samples: Sequence[Sample], state: RunState, reason: StopReason | None) -> None:
+        """Write the samples not yet written, then the decision taken on ``state``."""
+        elapsed = state.elapsed
+        write = self._writer.write
+        for i in range(self._traced, len(samples)):
+            write(sample_event(self.run_id, i, elapsed, samples[i]))
+        self._traced = len(samples)
+        write(decision_event(self.run_id, elapsed, state, reason))
+
+    def stop(self, result: Result) -> None:
+        """Write the stop event."""
+        self._writer.write(stop_event(self.run_id, result))
+
+    def close(self) -> None:
+        """Close the file if this log opened it."""
+        if self._writer is not self._target:
+            self._writer.close()
+
+
+def run_config(
+    policy: object,
+    aggregator: object,
+    budget: Budget,
+    deadline: float | None,
+    concurrency: int | str,
+    sample_timeout: float | None,
+    max_failures: int | None,
+) -> dict[str, Any]:
+    """The ``config`` of a trace's start event."""
+    return {
+        "policy": _safe_repr(policy),
+        "aggregator": _safe_repr(aggregator),
+        "budget": budget.to_dict(),
+        "deadline": deadline,
+        "concurrency": concurrency,
+        "sample_timeout": sample_timeout,
+        "max_failures": max_failures,
+    }
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} with a broken repr>"
 
 
 class RunUpdates:
@@ -108,7 +208,7 @@ class Run:
         plan = parse_concurrency(concurrency)
         check_run_args(
             deadline=deadline,
-            concurrency=plan if isinstance(plan, int) else 1,
+            concurrency=plan if isinstance(plan, int) else plan.cap,
             max_failures=max_failures,
             sample_timeout=sample_timeout,
         )
@@ -120,14 +220,14 @@ class Run:
         self._policy = as_policy(policy)
         self._aggregator = aggregator if aggregator is not None else MajorityVote()
         self._deadline = deadline
-        #: The calls in flight: a fixed most (an int), or planned at every arrival.
-        self._concurrency: int | None = plan if isinstance(plan, int) else None
-        self._planner = None if isinstance(plan, int) else Planner(plan, self._policy)
+        #: What the trace records: the most in flight, or the plan.
+        self._concurrency: int | str = plan if isinstance(plan, int) else str(plan)
+        #: The calls in flight: when each started, what each showed (the latency estimate), what was lost.
         self._flights = Flights(None if isinstance(plan, int) else LatencyEstimate(prior_latency=plan.prior_latency))
         self._fallback = fallback
         self._sample_timeout = sample_timeout
         self._trace_target = trace
-        self._trace: TraceWriter | None = None
+        self._trace: RunLog | None = None
         self._meta = dict(meta) if meta else {}
         self._core = RunCore(
             policy=self._policy,
@@ -135,6 +235,8 @@ class Run:
             budget=budget,
             deadline=deadline,
             max_failures=max_failures,
+            concurrency=plan if isinstance(plan, int) else plan.cap,
+            planner=None if isinstance(plan, int) else Planner(plan, self._flights.latency),
         )
         #: Identifies this run in trace logs.
         self.id = uuid.uuid4().hex[:12]
@@ -142,9 +244,12 @@ class Run:
         self._done = anyio.Event()
         self._subscribers: list[MemoryObjectSendStream[RunState]] = []
         self._task_group: TaskGroup | None = None
-        self._t0 = 0.0
-        self._now = 0.0
+        #: The clock at which the run started: when open_run or solve was called (set by them;
+        #: else when the block is entered).
+        self._t0: float | None = None
         self._traced = 0
+        #: A policy bug or a BaseException of a sampler, raised as itself once the run has stopped.
+        self._raise: BaseException | None = None
 
     # -- what callers read ---------------------------------------------------------------------------
     @property
@@ -191,17 +296,29 @@ class Run:
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def _start(self) -> None:
-        self._t0 = anyio.current_time()
+        if self._t0 is None:
+            self._t0 = anyio.current_time()
         if self._trace_target is not None:
-            target = self._trace_target
-            self._trace = target if isinstance(target, TraceWriter) else TraceWriter(target)
-            self._trace.write(self._start_event())
+            self._trace = RunLog(self.id, self._trace_target)
+            core = self._core
+            self._trace.start(
+                run_config(
+                    self._policy,
+                    self._aggregator,
+                    core.budget,
+                    self._deadline,
+                    self._concurrency,
+                    self._sample_timeout,
+                    core.max_failures,
+                ),
+                self._meta,
+            )
 
     def _close(self) -> None:
         if self._result is None:
             # Left early (or cancelled from outside): the best so far is still the result.
-            self._finish(self._core.time_reason(self._deadline), anyio.current_time() - self._t0)
-        if self._trace is not None and self._trace is not self._trace_target:
+            self._finish(self._core.time_reason(), anyio.current_time())
+        if self._trace is not None:
             self._trace.close()
 
     async def _run_to_end(self) -> Result:
@@ -212,8 +329,16 @@ class Run:
             await self._drive()
         finally:
             self._close()
+        self._reraise()
         assert self._result is not None
         return self._result
+
+    def _reraise(self) -> None:
+        error, self._raise = self._raise, None
+        if error is not None:
+            if isinstance(error, PolicyError):
+                error.result = self._result
+            raise error
 
     async def __aenter__(self) -> Run:
         self._start()
@@ -229,7 +354,7 @@ class Run:
         if not self.done:
             self._task_group.cancel_scope.cancel()
         try:
-            return await self._task_group.__aexit__(exc_type, exc, tb)
+            suppress = await self._task_group.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
             # The block's own exception comes back wrapped by the task group (the run's task never
             # raises): let it propagate as itself, so ``except ValueError`` around the block works.
@@ -238,25 +363,33 @@ class Run:
             raise
         finally:
             self._close()
+        if exc is None:
+            self._reraise()
+        return suppress
 
-    # -- the engine ----------------------------------------------------------------------------------
+    # -- the driver: events to the engine, its actions to tasks ------------------------------------
     async def _drive(self) -> None:
         core = self._core
-        time_limit = core.time_limit
-        reason: StopReason | None = None
+        assert self._t0 is not None
+        reason = core.start(self._t0) or core.expired(anyio.current_time())
         send, receive = anyio.create_memory_object_stream[_Outcome](math.inf)
-        deadline_at = math.inf if time_limit is None else self._t0 + time_limit
+        sampler, sample_timeout = self._sampler, self._sample_timeout
+        flights = self._flights
+        now = self._t0
         with send, receive:
             async with anyio.create_task_group() as samplers:
-                # The deadline is the task group's own: when it passes, the samplers and this loop
+                # The time limit is the task group's own: when it passes, the samplers and this loop
                 # are cancelled at once, and the cancellation ends here.
-                samplers.cancel_scope.deadline = deadline_at
-                reason = core.limit_reason()
-                if reason is None:
-                    self._fill(samplers, send)
-                    reason = core.limit_reason()
-                limit = math.inf if time_limit is None else time_limit
+                samplers.cancel_scope.deadline = core.limit_at
                 while reason is None:
+                    launch = core.fill()
+                    if launch:
+                        first = core.n_launched - launch
+                        for index in range(first, first + launch):
+                            flights.launched(index, now)
+                            samplers.start_soon(
+                                sample_once, sampler, index, send, sample_timeout, name=f"budgetctl sample {index}"
+                            )
                     # Outcomes already waiting are taken without a trip through the event loop (one
                     # per sample adds up), each still judged on its own; the wait is only when none is.
                     try:
@@ -266,50 +399,45 @@ class Run:
                     if item is None:
                         item = await receive.receive()
                     index, outcome, latency, final = item
-                    self._now = anyio.current_time() - self._t0
-                    if self._now >= limit:  # past the deadline: as if it had cancelled us first
+                    now = anyio.current_time()
+                    if type(outcome) is Escalated:
+                        self._raise = outcome.error
+                        reason = "error"
                         break
-                    lost = self._flights.arrived(index, outcome, latency, self._now, final=final)
-                    if lost and core.budget.charge_wasted:
-                        core.tokens += lost
-                        core.dollars += lost * core.budget.price_per_token
-                    state = core.record(outcome, latency, self._now, final=final)
-                    reason = core.decide(state)
-                    self._log(state, reason)
+                    reason = core.expired(now)
+                    if reason is not None:  # past the limit: as if it had cancelled the call first
+                        break
+                    lost = flights.arrived(index, outcome, latency, now, final=final)
+                    if lost:
+                        self._charge(lost)
+                    try:
+                        reason = core.outcome(outcome, latency, now, final=final)
+                    except PolicyError as error:
+                        self._raise = error
+                        reason = "error"
+                    state = core.state
+                    if self._trace is not None:
+                        self._trace.step(core.samples, state, reason)
                     self._publish(state)
-                    if reason is None:
-                        self._fill(samplers, send)
-                        if core.n_in_flight == 0:  # nothing could be launched: limits must say why
-                            reason = core.limit_reason() or "budget"
                 samplers.cancel_scope.cancel()
-        if reason is None:
-            reason = core.time_reason(self._deadline)
-            self._now = anyio.current_time() - self._t0
-        self._finish(reason, self._now)
+        if reason is None:  # the time limit cancelled the wait
+            now = anyio.current_time()
+            reason = core.time_reason()
+        self._finish(reason, now)
 
-    def _fill(self, samplers: TaskGroup, send: MemoryObjectSendStream[_Outcome]) -> None:
+    def _charge(self, lost: int) -> None:
+        # Tokens decoded by cancelled calls, added to the spending when the budget says so.
         core = self._core
-        planner = self._planner
-        most = self._concurrency if planner is None else planner.in_flight(core.state, self._flights.latency)
-        assert most is not None
-        while core.n_in_flight < most and core.can_launch():
-            index = core.launch()
-            self._flights.launched(index, self._now)
-            samplers.start_soon(
-                sample_once, self._sampler, index, send, self._sample_timeout, name=f"budgetctl sample {index}"
-            )
-
-    def _finish(self, reason: StopReason, now: float) -> None:
-        core = self._core
-        n_cancelled = core.cancel_in_flight()
-        lost = self._flights.cancelled(now)
-        if lost and core.budget.charge_wasted:
+        if core.budget.charge_wasted:
             core.tokens += lost
             core.dollars += lost * core.budget.price_per_token
-        result = core.result(reason, now, fallback=self._fallback, n_cancelled=n_cancelled)
+
+    def _finish(self, reason: StopReason, now: float) -> None:
+        self._charge(self._flights.cancelled(now))
+        result = self._core.finish(reason, now, fallback=self._fallback)
         self._result = result = replace(result, wasted_tokens=self._flights.wasted)
         if self._trace is not None:
-            self._trace.write(stop_event(self.id, result))
+            self._trace.stop(result)
         self._publish(result.state)
         for subscriber in self._subscribers:
             subscriber.close()
@@ -323,34 +451,6 @@ class Run:
             except anyio.BrokenResourceError:  # the reader closed its stream: stop feeding it
                 subscriber.close()
                 self._subscribers.remove(subscriber)
-
-    def _log(self, state: RunState, reason: StopReason | None) -> None:
-        if self._trace is None:
-            return
-        samples = self._core.samples
-        for i in range(self._traced, len(samples)):
-            self._trace.write(sample_event(self.id, i, self._now, samples[i]))
-        self._traced = len(samples)
-        self._trace.write(decision_event(self.id, self._now, state, reason))
-
-    def _start_event(self) -> dict[str, Any]:
-        budget = self._core.budget
-        return {
-            "event": "start",
-            "v": TRACE_SCHEMA_VERSION,
-            "run": self.id,
-            "time": anyio.current_time(),
-            "config": {
-                "policy": repr(self._policy),
-                "aggregator": repr(self._aggregator),
-                "budget": budget.to_dict(),
-                "deadline": self._deadline,
-                "concurrency": self._concurrency if self._planner is None else str(self._planner.auto),
-                "sample_timeout": self._sample_timeout,
-                "max_failures": self._core.max_failures,
-            },
-            "meta": self._meta,
-        }
 
 
 async def sample_once(
@@ -378,7 +478,31 @@ async def sample_once(
                 outcome = TimeoutError(f"sample timed out after {sample_timeout} s")
     except Exception as error:  # a failing sampler is data for the run, never a crash
         outcome = error
+    except BaseException as error:
+        if _is_cancellation(error):
+            raise  # the run (or its caller) cancelled this call: let the cancellation do its work
+        if isinstance(error, asyncio.CancelledError) or _is_foreign_cancel(error):
+            # A sampler that raised a cancellation of its own (no one cancelled us): a failed sample.
+            outcome = RuntimeError(f"sampler raised {type(error).__name__} without being cancelled")
+        else:  # KeyboardInterrupt, SystemExit...: the caller's, raised by the run's driver as itself
+            outcome = Escalated(error)
     send.send_nowait((index, outcome, anyio.current_time() - started, True))
+
+
+def _is_cancellation(error: BaseException) -> bool:
+    """Whether ``error`` is a real cancellation of the current task (not one a sampler made up)."""
+    if not isinstance(error, anyio.get_cancelled_exc_class()):
+        return False
+    if anyio.current_effective_deadline() == -math.inf:  # an enclosing cancel scope was cancelled
+        return True
+    task = asyncio.current_task() if isinstance(error, asyncio.CancelledError) else None
+    return task is not None and task.cancelling() > 0  # cancelled from outside anyio (task.cancel())
+
+
+def _is_foreign_cancel(error: BaseException) -> bool:
+    # trio.Cancelled on a loop that is not trio's (or raised where trio did not cancel anything).
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(error, trio.Cancelled)
 
 
 async def _call(sampler: Sampler, index: int, send: MemoryObjectSendStream[_Outcome], started: float) -> object:
@@ -422,9 +546,11 @@ def open_run(
 
     ``async with open_run(sampler, deadline=1.0) as run:`` then read ``run.best`` at any moment,
     ``async for state in run.updates()`` to follow it, or ``await run.wait()`` for the result.
-    Arguments are those of :func:`solve`, checked here before any work starts.
+    Arguments are those of :func:`solve`, checked here before any work starts. The deadline is
+    measured from this call (when made inside the event loop; else from entering the block).
     """
-    return Run(
+    started = clock()
+    run = Run(
         sampler,
         policy=policy,
         budget=budget,
@@ -437,6 +563,8 @@ def open_run(
         max_failures=max_failures,
         meta=meta,
     )
+    run._t0 = started
+    return run
 
 
 async def solve(
@@ -463,7 +591,8 @@ async def solve(
         policy: when to stop (``AdaptiveConsistency(0.95) | MaxSamples(40)``, or ``state -> bool``);
             ``None`` samples until a budget, the deadline or the sampler runs out.
         budget: caps on samples, tokens, dollars and seconds.
-        deadline: seconds from now; at it, samples in flight are cancelled and the best is returned.
+        deadline: seconds from this call (setup included); at it, samples in flight are cancelled and
+            the best is returned.
         concurrency: most sampler calls in flight at once (an int), or ``"auto"`` (the default; or
             :class:`~budgetctl.Auto`, ``"auto:fast"``...): plan them at every arrival from the time
             left, the measured latency and the samples the policy is expected to still need.
@@ -475,7 +604,8 @@ async def solve(
             stops with ``stop_reason="error"``; ``None`` tolerates any number.
         meta: JSON-ready data written into the trace's start event (question id, gold answer...).
     """
-    run = open_run(
+    started = anyio.current_time()  # the caller's clock: everything below counts against the deadline
+    run = Run(
         sampler,
         policy=policy,
         budget=budget,
@@ -488,12 +618,36 @@ async def solve(
         max_failures=max_failures,
         meta=meta,
     )
+    run._t0 = started
     return await run._run_to_end()
 
 
 def solve_sync(sampler: Sampler, *, backend: str = "asyncio", **kwargs: Any) -> Result:
     """:func:`solve` for synchronous callers: runs it to the end in a new event loop (``backend``: asyncio or trio).
 
-    Takes the same keyword arguments as :func:`solve`. Must not be called from inside a running loop.
+    Takes the same keyword arguments as :func:`solve`. Inside a running event loop (a Jupyter
+    notebook, an async function) it raises ``RuntimeError``: use ``await budgetctl.solve(...)`` there.
     """
+    if _loop_running():
+        raise RuntimeError(
+            "solve_sync cannot run inside a running event loop (Jupyter, an async function): "
+            "use `await budgetctl.solve(...)` there"
+        )
     return anyio.run(functools.partial(solve, sampler, **kwargs), backend=backend)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return True
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True

@@ -15,9 +15,11 @@ __all__ = ["RunState", "Result", "StopReason", "STOP_REASONS"]
 #:
 #: ``policy``: the stop policy (or an aggregator that is certain) said stop; ``deadline``: the
 #: deadline came; ``budget``: a cap of the :class:`~budgetctl.Budget` was reached; ``exhausted``: the
-#: sampler raised :class:`~budgetctl.Exhausted`; ``error``: too many samples failed.
-StopReason = Literal["policy", "deadline", "budget", "exhausted", "error"]
-STOP_REASONS: tuple[StopReason, ...] = ("policy", "deadline", "budget", "exhausted", "error")
+#: sampler raised :class:`~budgetctl.Exhausted`; ``error``: too many samples failed (or the policy
+#: raised, see :class:`~budgetctl.policies.PolicyError`); ``closed``: the
+#: :class:`~budgetctl.Scheduler` serving the request was closed while it ran.
+StopReason = Literal["policy", "deadline", "budget", "exhausted", "error", "closed"]
+STOP_REASONS: tuple[StopReason, ...] = ("policy", "deadline", "budget", "exhausted", "error", "closed")
 
 
 class RunState(NamedTuple):

@@ -20,7 +20,6 @@ from budgetctl._plan import (
     expected_need,
     parse_concurrency,
     plan_in_flight,
-    policy_bound,
 )
 from budgetctl.policies import ESC, AdaptiveConsistency, MaxSamples, Stable, stop_when
 from budgetctl.sim import LatencyModel, replay
@@ -127,13 +126,6 @@ def test_a_policy_may_predict_its_own_need() -> None:
             return 2.5
 
     assert expected_need(Predicting(), _state("ab")) == 2.5
-
-
-def test_policy_bound() -> None:
-    assert policy_bound(MaxSamples(4), _state("a")) == 3
-    assert policy_bound(MaxSamples(4) | AdaptiveConsistency(0.9), _state("")) == 4
-    assert policy_bound(MaxSamples(4) & AdaptiveConsistency(0.9), _state("")) is None
-    assert policy_bound(AdaptiveConsistency(0.9), _state("")) is None
 
 
 # -- (c) the plan ---------------------------------------------------------------------------------------

@@ -323,7 +323,8 @@ async def test_cancelling_the_caller_cancels_the_run() -> None:
 def test_a_policy_stop_cancels_the_samples_in_flight() -> None:
     async def main() -> tuple[Result, Replay]:
         sampler = Replay([*answers("a"), HANG, HANG, HANG], delay=[1.0, 0.0, 0.0, 0.0])
-        return await bc.solve(sampler, concurrency=4, policy=MaxSamples(1)), sampler
+        # An unbounded policy (a plain function), so all four calls are launched.
+        return await bc.solve(sampler, concurrency=4, policy=lambda s: s.n_samples >= 1), sampler
 
     result, sampler = run_virtual(main)
     assert result.stop_reason == "policy" and result.elapsed == 1.0
@@ -341,7 +342,7 @@ async def test_no_task_outlives_solve(anyio_backend: str) -> None:
 
     before = count_tasks()
     sampler = Replay([*answers("a", "a"), HANG, HANG, HANG], delay=0.01)
-    result = await bc.solve(sampler, concurrency=5, policy=MaxSamples(2), budget=Budget(samples=5))
+    result = await bc.solve(sampler, concurrency=5, policy=lambda s: s.n_samples >= 2, budget=Budget(samples=5))
     assert result.n_cancelled == 3 and sampler.cancelled == 3
     assert count_tasks() == before
 

@@ -450,7 +450,7 @@ def test_leaving_the_block_ends_running_requests_with_their_best() -> None:
             await sched.solve(sampler("late", log))
 
     run_virtual(main)
-    assert (out["endless"].answer, out["endless"].stop_reason, out["endless"].n_samples) == ("x", "budget", 2)
+    assert (out["endless"].answer, out["endless"].stop_reason, out["endless"].n_samples) == ("x", "closed", 2)
 
 
 @pytest.mark.anyio

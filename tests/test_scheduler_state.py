@@ -94,12 +94,9 @@ class AllocatorMachine(RuleBasedStateMachine):
             return
         core = ticket.core
         if kind == _DEADLINE:
-            self._end(request, core.time_reason(None))
+            self._end(request, core.time_reason())
         else:
-            tokens, dollars = core.tokens, core.dollars
-            state = core.record(payload, 0.0, self.now - self.started[request])
-            self.allocator.returned(ticket, self.now, 0.0, core.tokens - tokens, core.dollars - dollars)
-            reason = self.allocator.after_record(ticket, state)
+            reason = self.allocator.on_outcome(ticket, payload, 0.0, self.now)
             if reason is not None:
                 self._end(request, reason)
         self._dispatch()
@@ -124,10 +121,13 @@ class AllocatorMachine(RuleBasedStateMachine):
         concurrency: int,
     ) -> int:
         stop = {"never": Never(), "max3": MaxSamples(3), "ac": AdaptiveConsistency(0.9) | MaxSamples(6)}[policy]
-        core = RunCore(policy=stop, budget=Budget(samples=8), deadline=deadline, max_failures=2)
+        core = RunCore(
+            policy=stop, budget=Budget(samples=8), deadline=deadline, max_failures=2, concurrency=concurrency
+        )
         request = len(self.tickets)
-        deadline_at = math.inf if deadline is None else self.now + deadline
-        ticket = Ticket(core, _GAIN, value=value, deadline_at=deadline_at, concurrency=concurrency, handle=request)
+        core.start(self.now)
+        deadline_at = core.limit_at
+        ticket = Ticket(core, _GAIN, value=value, handle=request)
         self.tickets[request] = ticket
         outcomes = [RuntimeError("down") if s == "fail" else Sample(answer=s, tokens=5) for s in script]
         self.scripts[request] = (outcomes, latency)

@@ -3,13 +3,16 @@
 A policy is a pure function of a :class:`~budgetctl.RunState`: the same snapshot always gets the
 same answer. That is what lets the simulator replay a policy offline and get exactly what a live
 run would have done.
+
+A policy may also bound the work that can still matter to it (:meth:`StopPolicy.remaining_bound`):
+the engine then never has more calls launched than could change the decision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from .._state import RunState
 
@@ -22,7 +25,22 @@ __all__ = [
     "Never",
     "stop_when",
     "as_policy",
+    "PolicyError",
 ]
+
+
+class PolicyError(RuntimeError):
+    """A stop policy raised while judging a run: a bug in the policy, raised unwrapped by every runtime door.
+
+    The run is stopped (its calls in flight cancelled) before this is raised; :attr:`result` holds
+    the run's result at that moment, ``stop_reason="error"``, so the best answer so far is not lost.
+    The policy's own exception is the ``__cause__``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        #: The run's result when the policy raised (set by the runtime before raising).
+        self.result: Any = None
 
 
 @runtime_checkable
@@ -44,6 +62,18 @@ class StopPolicy:
 
     def __call__(self, state: RunState, /) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def remaining_bound(self, state: RunState, /) -> int | None:
+        """At most how many more successful samples, counted from ``state``, can still change the decision.
+
+        A finite ``k`` promises: once ``k`` more samples have come back successfully (whatever
+        they say), this policy says stop, and keeps saying it. The engine counts the calls in
+        flight against it, so it never has more calls launched than could still matter (a failed
+        call frees its place). ``None`` (the default): no such bound, launches are not limited.
+        A bound may be an estimate (see :class:`~budgetctl.policies.MaxTokens`): the engine only
+        delays launches by it, always keeping one call in flight while the policy has not stopped.
+        """
+        return None
 
     def __or__(self, other: PolicyLike) -> StopPolicy:
         return AnyOf(_flatten(AnyOf, (self, as_policy(other))))
@@ -85,6 +115,15 @@ class AnyOf(StopPolicy):
     def __call__(self, state: RunState, /) -> bool:
         return any(policy(state) for policy in self.policies)
 
+    def remaining_bound(self, state: RunState, /) -> int | None:
+        """The smallest bound of the parts: the run stops as soon as any part does."""
+        best: int | None = None
+        for policy in self.policies:
+            bound = policy.remaining_bound(state)
+            if bound is not None and (best is None or bound < best):
+                best = bound
+        return best
+
     def __repr__(self) -> str:
         return " | ".join(_wrap(p, AllOf) for p in self.policies)
 
@@ -97,6 +136,20 @@ class AllOf(StopPolicy):
 
     def __call__(self, state: RunState, /) -> bool:
         return all(policy(state) for policy in self.policies)
+
+    def remaining_bound(self, state: RunState, /) -> int | None:
+        """The largest bound of the parts (unbounded if any part is): it stops only when all do.
+
+        Sound because a bound promises that its part says stop from then on.
+        """
+        worst = 0
+        for policy in self.policies:
+            bound = policy.remaining_bound(state)
+            if bound is None:
+                return None
+            if bound > worst:
+                worst = bound
+        return worst
 
     def __repr__(self) -> str:
         return " & ".join(_wrap(p, AnyOf) for p in self.policies)
@@ -115,6 +168,9 @@ class Not(StopPolicy):
 
     def __call__(self, state: RunState, /) -> bool:
         return not self.policy(state)
+
+    # remaining_bound: the default, None. That the inner policy will say stop says nothing about
+    # when its negation will.
 
     def __repr__(self) -> str:
         inner = repr(self.policy)
@@ -155,6 +211,10 @@ def as_policy(policy: PolicyLike | None) -> StopPolicy:
     """``policy`` as a :class:`StopPolicy`: ``None`` is :class:`Never`, a callable is wrapped."""
     if policy is None:
         return Never()
+    if isinstance(policy, type):
+        raise TypeError(
+            f"policy must be a policy instance, got the class {policy.__name__}: call it, e.g. {policy.__name__}(...)"
+        )
     if isinstance(policy, StopPolicy):
         return policy
     if callable(policy):

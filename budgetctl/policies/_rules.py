@@ -47,6 +47,11 @@ class MaxSamples(StopPolicy):
     def __call__(self, state: RunState, /) -> bool:
         return state.n_samples >= self.n
 
+    def remaining_bound(self, state: RunState, /) -> int | None:
+        """Exact: ``n`` minus the samples back. With calls in flight counted, at most ``n`` calls unless some fail."""
+        left = self.n - state.n_samples
+        return left if left > 0 else 0
+
 
 @dataclass(frozen=True, slots=True)
 class MaxTokens(StopPolicy):
@@ -59,6 +64,23 @@ class MaxTokens(StopPolicy):
 
     def __call__(self, state: RunState, /) -> bool:
         return state.tokens >= self.n
+
+    def remaining_bound(self, state: RunState, /) -> int | None:
+        """An estimate: the tokens still allowed over the mean tokens of a sample so far, rounded up.
+
+        A sample may cost any number of tokens (even 0), so no count of samples is sure to reach
+        the cap: before any sample has spent a token this is ``None`` (no limit), and afterwards it
+        is what the calls in flight would spend at the mean so far. The engine only delays
+        launches by it (one call stays in flight until the policy stops), so an estimate that is
+        too low costs time, never the answer.
+        """
+        left = self.n - state.tokens
+        if left <= 0:
+            return 0
+        done = state.n_samples + state.n_failed
+        if state.tokens <= 0 or done <= 0:
+            return None
+        return math.ceil(left * done / state.tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +97,11 @@ class Stable(StopPolicy):
 
     def __call__(self, state: RunState, /) -> bool:
         return state.total_votes > 0 and state.leader_streak >= self.k
+
+    def remaining_bound(self, state: RunState, /) -> int | None:
+        """``None``: the leader can keep changing (and abstentions never make one), so no count of samples
+        is sure to stop it for good."""
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +141,11 @@ class AdaptiveConsistency(StopPolicy):
             return prob_leader_beta(state.leader_votes, state.runner_up_votes) >= self.threshold
         return self.probability(state) >= self.threshold
 
+    def remaining_bound(self, state: RunState, /) -> int | None:
+        """``None``: answers that keep splitting the vote never let it stop, so no count of samples is
+        sure to; with a cap (``AdaptiveConsistency(0.95) | MaxSamples(40)``) the cap bounds it."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class ESC(StopPolicy):
@@ -130,6 +162,11 @@ class ESC(StopPolicy):
 
     def __call__(self, state: RunState, /) -> bool:
         return state.n_samples % self.window == 0 and state.answer_run >= self.window
+
+    def remaining_bound(self, state: RunState, /) -> int | None:
+        """``None``: every window may disagree, so no count of samples is sure to stop it. (It cannot
+        stop before the end of the current window: a lower bound on what it needs, not a cap.)"""
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +204,10 @@ class ConfidenceStop(StopPolicy):
             return state.leader_sample_confidence
         return state.leader_score
 
+    def remaining_bound(self, state: RunState, /) -> int | None:
+        """``None``: the confidence may never reach the threshold."""
+        return None
+
     def __call__(self, state: RunState, /) -> bool:
         if state.n_samples < self.min_samples:
             return False
@@ -200,6 +241,16 @@ class Unbeatable(StopPolicy):
             own = max(self.max_samples - state.n_done, 0)
             left = own if left is None else min(left, own)
         return left
+
+    def remaining_bound(self, state: RunState, /) -> int | None:
+        """``max_samples`` minus the samples back (failed ones included), when given; else ``None``.
+
+        Once that many more have come back, no sample is allowed and it stops (for good).
+        """
+        if self.max_samples is None:
+            return None
+        left = self.max_samples - state.n_done
+        return left if left > 0 else 0
 
     def __call__(self, state: RunState, /) -> bool:
         left = self.samples_left(state)

@@ -82,19 +82,19 @@ class Ticket:
         gain: GainModel,
         *,
         value: float = 1.0,
-        deadline_at: float = _INF,
-        concurrency: int = 1,
+        deadline_at: float | None = None,
         handle: object = None,
     ) -> None:
         self.core = core
         self.gain = gain
         self.value = value
-        #: Absolute time (the allocator's clock) at which the request must answer.
-        self.deadline_at = deadline_at
+        #: Absolute time (the allocator's clock) at which the request must answer: by default its
+        #: run core's (set when the core was started).
+        self.deadline_at = core.limit_at if deadline_at is None else deadline_at
         #: Arrival order, the last tie-break (set by :meth:`Allocator.admit`).
         self.arrival = 0
-        #: Most slots this request may hold at once.
-        self.concurrency = concurrency
+        #: Most slots this request may hold at once (its run core's concurrency).
+        self.concurrency = core.concurrency
         #: Slots it holds now (samples in flight).
         self.in_flight = 0
         #: Tokens predicted for its samples in flight (reserved against token budgets).
@@ -385,11 +385,11 @@ class Capacity:
 class Allocator:
     """The scheduler's decisions: admit a request, give the next free slot, take a sample back.
 
-    Each returns at once. The driver (live or simulated) admits requests with :meth:`admit`, calls
-    :meth:`dispatch` whenever a slot or budget may have freed and starts one sampler call per
-    ticket it is given, reports each call's end with :meth:`returned`, records the outcome in the
-    ticket's run core and asks :meth:`after_record` whether the request goes on, and ends a
-    request (stopped, at its deadline, cancelled, or starved) with :meth:`remove`.
+    Each returns at once. The driver (live or simulated) starts a request's run core and admits it
+    with :meth:`admit`, calls :meth:`dispatch` whenever a slot or budget may have freed and starts
+    one sampler call per ticket it is given, reports each outcome with :meth:`on_outcome` (which
+    says whether the request goes on), and ends a request (stopped, at its deadline, cancelled,
+    or starved) with :meth:`remove`.
     """
 
     __slots__ = (
@@ -518,6 +518,33 @@ class Allocator:
                 self.requeue(ticket, ticket.core.state)
             return ticket
 
+    def on_outcome(
+        self, ticket: Ticket, outcome: object, latency: float, now: float, *, final: bool = True
+    ) -> StopReason | None:
+        """A call of ``ticket`` gave ``outcome`` at ``now``: the engine's step, then the allocator's.
+
+        The one per-outcome step of both scheduler drivers (live and simulated): report the time
+        and the outcome to the request's run core (:meth:`RunCore.expired`, :meth:`RunCore.outcome`:
+        an outcome at or after its deadline is dropped, as cancelled), free the slot and charge
+        what it cost, and put the request back in line at its new priority if it goes on. Returns
+        why the request stops, or ``None``. A policy that raises propagates as
+        :class:`~budgetctl.policies.PolicyError`.
+        """
+        core = ticket.core
+        reason = core.expired(now)
+        if reason is not None:
+            return reason
+        tokens, dollars = core.tokens, core.dollars
+        reason = core.outcome(outcome, latency, now, final=final)
+        spent, paid = core.tokens - tokens, core.dollars - dollars
+        if final:
+            self.returned(ticket, now, latency, spent, paid)
+            if reason is None:
+                reason = self.resume(ticket, core.state)
+        else:  # a partial answer of a streaming call: charged, its slot still held
+            self.capacity.charge(now, spent, paid)
+        return reason
+
     def returned(self, ticket: Ticket, now: float, latency: float, tokens: float, dollars: float) -> None:
         """A sample of ``ticket`` came back (or failed): free its slot and charge what it cost."""
         predicted = ticket.predicted / ticket.in_flight if ticket.in_flight else 0.0
@@ -529,8 +556,8 @@ class Allocator:
             self.per_sample = 0.9 * self.per_sample + 0.1 * tokens
 
     def wants_slot(self, ticket: Ticket) -> bool:
-        """Whether ``ticket`` may hold one more slot (its own concurrency and budget allow it)."""
-        return ticket.active and ticket.in_flight < ticket.concurrency and ticket.core.can_launch()
+        """Whether ``ticket`` may hold one more slot: its run core has room (:meth:`RunCore.room`)."""
+        return ticket.active and ticket.core.room() > 0
 
     def requeue(self, ticket: Ticket, state: RunState) -> None:
         """Put ``ticket`` (not stopped, after a new snapshot) back in the queue if it may take a slot."""
@@ -567,17 +594,8 @@ class Allocator:
         ticket.predicted = 0.0
         return held
 
-    def after_record(self, ticket: Ticket, state: RunState) -> StopReason | None:
-        """After a sample of ``ticket`` was recorded as ``state``: why it stops, or ``None`` (requeued).
-
-        The request's own policy and budget decide (:meth:`RunCore.decide`); a request that may not
-        take another slot and has nothing in flight stops with its budget's reason.
-        """
-        reason = ticket.core.decide(state)
-        return reason if reason is not None else self.resume(ticket, state)
-
     def resume(self, ticket: Ticket, state: RunState) -> StopReason | None:
-        """The scheduler's half of :meth:`after_record`, once the request's own policy let it go on.
+        """The scheduler's half of :meth:`on_outcome`, once the request's own policy let it go on.
 
         Puts it back in the queue at its new priority; a request that may not take another slot
         and has nothing in flight stops with its budget's reason.

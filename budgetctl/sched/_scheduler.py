@@ -12,10 +12,13 @@ recorded and judged by its own :class:`~budgetctl._core.RunCore`, the engine of 
 from __future__ import annotations
 
 import math
+import os
 import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -25,18 +28,30 @@ from .._aggregate import Aggregator
 from .._budget import Budget
 from .._core import RunCore, check_run_args
 from .._gain import GainModel
-from .._runtime import Sampler, sample_once
+from .._runtime import Escalated, RunLog, Sampler, run_config, sample_once
 from .._state import Result, StopReason
-from ..policies._base import PolicyLike, as_policy
+from .._trace import TraceWriter
+from ..policies._base import PolicyError, PolicyLike, as_policy
 from ._allocate import Allocator, Capacity, Ticket
 from ._lookahead import LookaheadGain
 
 __all__ = ["Scheduler", "SchedulerStats"]
 
 _INF = math.inf
-#: What the scheduler sends a request the budget can no longer serve.
-_STARVED = object()
 _NOTHING = object()
+
+
+class _Ended:
+    """What the scheduler sends a request it ends: the budget can no longer serve it, or it closed."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: StopReason) -> None:
+        self.reason = reason
+
+
+_STARVED = _Ended("budget")
+_CLOSED = _Ended("closed")
 _DEFAULT_GAIN = LookaheadGain()
 
 
@@ -73,6 +88,13 @@ class SchedulerStats:
     def us_per_decision(self) -> float:
         """Mean microseconds per scheduling decision (0 before the first)."""
         return self.decision_seconds / self.decisions * 1e6 if self.decisions else 0.0
+
+
+class _Default:
+    """The type of "not given": falls back to the scheduler's setting."""
+
+
+_DEFAULT = _Default()
 
 
 class _Request:
@@ -197,7 +219,7 @@ class Scheduler:
         self._closed = True
         # Requests still running (in tasks outside the block) end now with their best so far.
         for ticket in list(self._running):
-            self._notify(ticket)
+            self._notify(ticket, _CLOSED)
         self._task_group.cancel_scope.cancel()
         try:
             return await self._task_group.__aexit__(exc_type, exc, tb)
@@ -231,13 +253,17 @@ class Scheduler:
         aggregator: Aggregator | None = None,
         fallback: object = None,
         concurrency: int = 1,
+        trace: str | os.PathLike[str] | IO[str] | TraceWriter | None = None,
+        sample_timeout: float | None = None,
+        max_failures: int | _Default | None = _DEFAULT,
+        meta: Mapping[str, Any] | None = None,
     ) -> Result:
         """Answer one request with the slots the scheduler gives it; arguments as :func:`~budgetctl.solve`.
 
         Args:
             sampler: async callable returning a :class:`~budgetctl.Sample` (or a batch, or an async
                 generator of partial answers).
-            deadline: seconds from now by which the answer is returned (its current best).
+            deadline: seconds from this call by which the answer is returned (its current best).
             value: what a right answer to this request is worth, relative to others (its gains are
                 multiplied by it); 0 gets only the floor sample unless slots are idle.
             policy: this request's stop policy (default: the scheduler's); a learned policy that
@@ -247,14 +273,28 @@ class Scheduler:
             aggregator: how samples become an answer (default: the scheduler's, else majority vote).
             fallback: the answer when no sample voted.
             concurrency: most slots this request holds at once.
+            trace: path or text stream (or :class:`~budgetctl.TraceWriter`) to append this
+                request's events to, as :func:`~budgetctl.solve` writes them.
+            sample_timeout: seconds after which one call is abandoned and recorded as failed
+                (default: the scheduler's).
+            max_failures: failed samples tolerated before the request stops with ``error``
+                (default: the scheduler's; ``None`` tolerates any number once given explicitly).
+            meta: JSON-ready data written into the trace's start event.
 
-        Never raises for a slow or failing sampler. Raises ``RuntimeError`` outside ``async with``.
+        Never raises for a slow or failing sampler. Raises ``RuntimeError`` outside ``async with``,
+        :class:`~budgetctl.policies.PolicyError` if the stop policy raises, and a sampler's
+        ``KeyboardInterrupt``/``SystemExit`` as itself. A request still running when the scheduler
+        closes ends with its best so far and stop reason ``closed``.
         """
+        started = anyio.current_time()  # the caller's clock: setup counts against the deadline
         if self._task_group is None or self._closed:
             raise RuntimeError("use the scheduler inside `async with Scheduler(...) as sched:`")
         if not callable(sampler):
             raise TypeError(f"sampler must be an async callable returning a budgetctl.Sample, got {sampler!r}")
-        check_run_args(deadline=deadline, concurrency=concurrency, max_failures=None, sample_timeout=None)
+        if sample_timeout is None:
+            sample_timeout = self._sample_timeout
+        failures = self._max_failures if isinstance(max_failures, _Default) else max_failures
+        check_run_args(deadline=deadline, concurrency=concurrency, max_failures=failures, sample_timeout=sample_timeout)
         _check_number("value", value, allow_none=False, positive=False)
         if budget is not None and not isinstance(budget, Budget):
             raise TypeError(f"budget must be a budgetctl.Budget or None, got {budget!r}")
@@ -263,35 +303,52 @@ class Scheduler:
         stop = self._policy if policy is None else as_policy(policy)
         if gain is None:
             gain = stop if isinstance(stop, GainModel) else self._gain if self._gain is not None else _DEFAULT_GAIN
+        aggregator = aggregator if aggregator is not None else self._aggregator
         core = RunCore(
             policy=stop,
-            aggregator=aggregator if aggregator is not None else self._aggregator,
+            aggregator=aggregator,
             budget=budget,
             deadline=deadline,
-            max_failures=self._max_failures,
-        )
-        started = anyio.current_time()
-        time_limit = core.time_limit
-        request = _Request(sampler, self._sample_timeout)
-        ticket = Ticket(
-            core,
-            gain,
-            value=float(value),
-            deadline_at=_INF if time_limit is None else started + time_limit,
+            max_failures=failures,
             concurrency=concurrency,
-            handle=request,
         )
-        reason: StopReason | None = core.limit_reason()
-        if reason is not None:  # a budget that allows nothing
-            self._finished += 1
-            return core.result(reason, 0.0, fallback=fallback)
+        log = None
+        if trace is not None:
+            log = RunLog(uuid.uuid4().hex[:12], trace)
+            config = run_config(stop, aggregator, core.budget, deadline, concurrency, sample_timeout, failures)
+            log.start({**config, "scheduler": True}, meta or {})
+        try:
+            result = await self._serve(core, sampler, gain, float(value), sample_timeout, fallback, started, log)
+        finally:
+            if log is not None:
+                log.close()
+        return result
+
+    async def _serve(
+        self,
+        core: RunCore,
+        sampler: Sampler,
+        gain: GainModel,
+        value: float,
+        sample_timeout: float | None,
+        fallback: object,
+        started: float,
+        log: RunLog | None,
+    ) -> Result:
+        # The driver of one request: the engine's events and the allocator's decisions, mapped to
+        # this request's task group and anyio's clock.
+        reason = core.start(started) or core.expired(anyio.current_time())
+        request = _Request(sampler, sample_timeout)
+        ticket = Ticket(core, gain, value=value, handle=request)
+        raised: BaseException | None = None
+        now = started
+        if reason is not None:  # a budget that allows nothing, or a deadline already past
+            return self._end(core, reason, anyio.current_time(), fallback, log)
         if not self._allocator.admit(ticket, started):
             self._rejected += 1
-            self._finished += 1
-            return core.result("budget", 0.0, fallback=fallback)
+            return self._end(core, "budget", anyio.current_time(), fallback, log)
         self._admitted += 1
         self._running.add(ticket)
-        now = started
         send, receive = anyio.create_memory_object_stream[Any](_INF)
         with send, receive:
             async with anyio.create_task_group() as samplers:
@@ -308,38 +365,44 @@ class Scheduler:
                         if item is _NOTHING:  # waited for outside the except block: no exception kept alive
                             item = await receive.receive()
                         now = anyio.current_time()
-                        if item is _STARVED:  # the budget cannot serve it, or the scheduler closed
-                            reason = "budget"
-                            break
-                        if now >= ticket.deadline_at:  # past its deadline: as if it had come first
+                        if type(item) is _Ended:  # the budget cannot serve it, or the scheduler closed
+                            reason = item.reason
                             break
                         _, outcome, latency, final = item
-                        tokens, dollars = core.tokens, core.dollars
-                        state = core.record(outcome, latency, now - started, final=final)
-                        spent, paid = core.tokens - tokens, core.dollars - dollars
-                        if final:
-                            reason = core.decide(state)  # the request's own policy, as in solve()
-                            clock = time.perf_counter_ns()
-                            self._allocator.returned(ticket, now, latency, spent, paid)
-                            if reason is None:
-                                reason = self._allocator.resume(ticket, state)
-                            self._decision_ns += time.perf_counter_ns() - clock
-                            if reason is None:  # else its release below gives out the slot
-                                self._dispatch(now)
-                        else:  # a partial answer of a streaming call: judged, its slot still held
-                            self._allocator.capacity.charge(now, spent, paid)
-                            reason = core.decide(state)
+                        if type(outcome) is Escalated:
+                            raised, reason = outcome.error, "error"
+                            break
+                        clock = time.perf_counter_ns()
+                        try:
+                            reason = self._allocator.on_outcome(ticket, outcome, latency, now, final=final)
+                        except PolicyError as error:
+                            raised, reason = error, "error"
+                        self._decision_ns += time.perf_counter_ns() - clock
+                        if log is not None and now < ticket.deadline_at:
+                            log.step(core.samples, core.state, reason)
+                        if reason is None and final:
+                            self._dispatch(now)
                 finally:
                     # At once, even when cancelled: the request's slots go to others before its
                     # samplers have finished unwinding.
                     self._release(ticket)
                     samplers.cancel_scope.cancel()
         if reason is None:  # its deadline
-            reason = core.time_reason(deadline)
-            now = min(anyio.current_time(), ticket.deadline_at)
+            now = anyio.current_time()
+            reason = core.time_reason()
+        result = self._end(core, reason, now, fallback, log)
+        if raised is not None:
+            if isinstance(raised, PolicyError):
+                raised.result = result
+            raise raised
+        return result
+
+    def _end(self, core: RunCore, reason: StopReason, now: float, fallback: object, log: RunLog | None) -> Result:
         self._finished += 1
-        n_cancelled = core.cancel_in_flight()
-        return core.result(reason, now - started, fallback=fallback, n_cancelled=n_cancelled)
+        result = core.finish(reason, now, fallback=fallback)
+        if log is not None:
+            log.stop(result)
+        return result
 
     def stats(self) -> SchedulerStats:
         """The scheduler's load now and its counts so far."""
@@ -374,17 +437,17 @@ class Scheduler:
                 sample_once, request.sampler, ticket.core.n_launched - 1, request.send, request.sample_timeout
             )
         for ticket in decided.starved:
-            self._notify(ticket)
+            self._notify(ticket, _STARVED)
         if decided.wake < self._wake_at:
             self._wake_at = decided.wake
             if self._timer_scope is not None:
                 self._timer_scope.deadline = decided.wake
 
-    def _notify(self, ticket: Ticket) -> None:
+    def _notify(self, ticket: Ticket, ended: _Ended) -> None:
         request = ticket.handle
         assert isinstance(request, _Request)
         if request.send is not None:
-            request.send.send_nowait(_STARVED)
+            request.send.send_nowait(ended)
 
     def _release(self, ticket: Ticket) -> None:
         # Its slots (and its floor reservation) go back at once, and to whoever is next.

@@ -249,8 +249,7 @@ def run_batch(
     seq = 0
     for i, pool in enumerate(pools):
         core = RunCore(policy=policy, aggregator=aggregator, budget=Budget(samples=len(pool)), deadline=deadline)
-        limit = core.time_limit
-        tickets.append(Ticket(core, gain, deadline_at=math.inf if limit is None else starts[i] + limit, handle=i))
+        tickets.append(Ticket(core, gain, handle=i))
         events.append((starts[i], seq, i, _ARRIVE))
         seq += 1
     heapq.heapify(events)
@@ -260,8 +259,8 @@ def run_batch(
         allocator.remove(ticket, now)
         core = ticket.core
         if ticket.deadline_at <= now:  # at its deadline: what was in flight is cancelled
-            core.cancel_in_flight()
-            outcome[index] = (core.snapshot(ticket.deadline_at - starts[index]), reason)
+            core.cancel()
+            outcome[index] = (core.snapshot(ticket.deadline_at), reason)
         else:
             outcome[index] = (core.state, reason)
 
@@ -283,7 +282,8 @@ def run_batch(
         ticket = tickets[index]
         core = ticket.core
         if what is _ARRIVE:
-            reason = core.limit_reason()
+            reason = core.start(now) or core.expired(now)
+            ticket.deadline_at = core.limit_at
             if reason is not None or not allocator.admit(ticket, now):
                 outcome[index] = (core.state, reason or "budget")
                 continue
@@ -295,19 +295,14 @@ def run_batch(
         if not ticket.active:
             continue
         if what is _DEADLINE:
-            end(index, core.time_reason(deadline), now)
+            end(index, core.time_reason(), now)
             dispatch(now)
             continue
         assert isinstance(what, Sample) and what.latency is not None
-        tokens, dollars = core.tokens, core.dollars
-        state = core.record(what, what.latency, now - starts[index])
-        allocator.returned(ticket, now, what.latency, core.tokens - tokens, core.dollars - dollars)
-        reason = allocator.after_record(ticket, state)
-        if reason is None:
-            dispatch(now)
-        else:
+        reason = allocator.on_outcome(ticket, what, what.latency, now)
+        if reason is not None:
             end(index, reason, now)
-            dispatch(now)
+        dispatch(now)
     last = now
     for i, ticket in enumerate(tickets):  # nothing left to happen: whatever still waits, waits for budget
         if outcome[i] is None:

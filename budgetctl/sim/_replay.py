@@ -120,9 +120,9 @@ class ReplaySampler:
 
 _EXHAUSTED = Exhausted("replayed samples exhausted")
 
-# Where a branch of the replay stands: about to check the limits before the first launch, about to
-# launch (after the start, or after a sample came back), or waiting for the next sample to come back.
-_START, _START_FILL, _STEP_FILL, _WAIT = range(4)
+# Where a branch of the replay stands: about to start, about to launch (after the start, or after a
+# sample came back), or waiting for the next sample to come back.
+_START, _FILL, _WAIT = range(3)
 
 
 class _Branch:
@@ -151,12 +151,18 @@ class _Branch:
         self.active = active
         #: The policies of ``active``, in the same order.
         self.judged = judged
-        #: The calls in flight and the latency estimate, when the launches are planned.
+        #: The calls in flight and the latency estimate the run's planner reads, when launches are planned.
         self.flights = flights
 
     def fork(self, members: list[int]) -> _Branch:
+        core = self.core.copy()
+        flights = None
+        if self.flights is not None:  # the copy plans from its own estimate
+            flights = self.flights.copy()
+            assert isinstance(core.planner, Planner)
+            core.planner = core.planner.reading(flights.latency)
         return _Branch(
-            self.core.copy(),
+            core,
             self.heap.copy(),
             self.launched,
             self.now,
@@ -164,7 +170,7 @@ class _Branch:
             members,
             self.active.copy(),
             self.judged.copy(),
-            None if self.flights is None else self.flights.copy(),
+            flights,
         )
 
 
@@ -207,16 +213,6 @@ def replay_orders(
     its own, at a fraction of the work when samples repeat (the same answer and token count).
     """
     model = latency if latency is not None else LatencyModel()
-    plan = model.plan
-    if isinstance(plan, Auto) and len(policies) > 1:
-        # Planned launches depend on the policy: each policy has its own trajectory.
-        alone = [
-            replay_orders(
-                samples, orders, [p], aggregator=aggregator, budget=budget, latency=latency, deadline=deadline
-            )
-            for p in policies
-        ]
-        return [[alone[p][o][0] for p in range(len(policies))] for o in range(len(orders))]
     n = len(samples)
     first_of: dict[Sample, int] = {}
     canonical = np.array([first_of.setdefault(s, i) for i, s in enumerate(samples)], dtype=np.int64)
@@ -227,15 +223,16 @@ def replay_orders(
     )
     rows = drawn.tolist()
     results: list[list[Stop | None]] = [[None] * len(policies) for _ in range(len(rows))]
-    auto = plan if isinstance(plan, Auto) else None
-    planner = None if auto is None or not policies else Planner(auto, policies[0])
-    concurrency = plan if isinstance(plan, int) else 0
+    plan = model.plan
     ttft, per_token = model.ttft, model.per_token
+    timed = model.timed
+    flights = None if isinstance(plan, int) else Flights(LatencyEstimate(prior_latency=plan.prior_latency))
+    concurrency = plan if isinstance(plan, int) else plan.cap
 
     def wasted(heap: list[tuple[float, int, object, float]], now: float) -> int:
         # Tokens the calls in flight had decoded at ``now``: the model knows each one's progress.
         total = 0
-        if not model.timed:  # without time a cancelled call had done nothing
+        if not timed:  # without time a cancelled call had done nothing
             return 0
         for finished_at, _, item, duration in heap:
             if not isinstance(item, Sample):
@@ -248,24 +245,21 @@ def replay_orders(
         return total
 
     root_core = RunCore(
-        policy=_NEVER, aggregator=aggregator, budget=budget, deadline=deadline, max_failures=None, keep_samples=False
+        policy=_NEVER,
+        aggregator=aggregator,
+        budget=budget,
+        deadline=deadline,
+        max_failures=None,
+        keep_samples=False,
+        concurrency=concurrency,
+        planner=None if flights is None or isinstance(plan, int) else Planner(plan, flights.latency),
     )
-    time_limit = root_core.time_limit
-    time_reason = root_core.time_reason(deadline)
-    root_flights = None if auto is None else Flights(LatencyEstimate(prior_latency=auto.prior_latency))
-    pending = [
-        _Branch(
-            root_core,
-            [],
-            0,
-            0.0,
-            _START,
-            list(range(len(rows))),
-            list(range(len(policies))),
-            list(policies),
-            root_flights,
-        )
-    ]
+    # With one call at a time, every policy launches alike (a bound never stops the one call a
+    # run that goes on must have); with more, a policy's bound may launch fewer: such policies
+    # are forked onto runs of their own where their launches differ.
+    per_policy_room = concurrency > 1
+    everyone, all_policies = list(range(len(rows))), list(range(len(policies)))
+    pending = [_Branch(root_core, [], 0, 0.0, _START, everyone, all_policies, list(policies), flights)]
 
     def finish(branch: _Branch, stop: Stop) -> None:
         for o in branch.members:
@@ -283,16 +277,30 @@ def replay_orders(
         while branch.active:
             phase = branch.phase
             if phase == _START:
-                reason = core.limit_reason()
+                reason = core.start(0.0) or core.expired(0.0)
                 if reason is not None:
                     finish(branch, Stop(core.state, reason))
                     break
-                phase = branch.phase = _START_FILL
-            if phase != _WAIT:
-                flights = branch.flights
-                if planner is not None and flights is not None:
-                    concurrency = planner.in_flight(core.state, flights.latency)
-                while core.n_in_flight < concurrency and core.can_launch():
+                phase = branch.phase = _FILL
+            if phase == _FILL:
+                if per_policy_room:
+                    rooms = [core.room(p) for p in branch.judged]
+                    room = rooms[0]
+                    if any(r != room for r in rooms):
+                        by_room: dict[int, list[int]] = {}
+                        for p, r in zip(branch.active, rooms, strict=True):
+                            by_room.setdefault(r, []).append(p)
+                        split_policies = list(by_room.values())
+                        for group in split_policies[1:]:
+                            fork = branch.fork(members.copy())
+                            fork.active = group
+                            fork.judged = [policies[p] for p in group]
+                            pending.append(fork)
+                        branch.active = split_policies[0]
+                        branch.judged = [policies[p] for p in branch.active]
+                else:
+                    room = core.room()
+                for _ in range(room):
                     launched = branch.launched
                     if launched < n:
                         if len(members) == 1:
@@ -313,25 +321,18 @@ def replay_orders(
                     else:
                         heapq.heappush(heap, (branch.now, launched, _EXHAUSTED, 0.0))
                     core.launch()
-                    if flights is not None:
-                        flights.launched(launched, branch.now)
+                    if branch.flights is not None:
+                        branch.flights.launched(launched, branch.now)
                     branch.launched = launched + 1
-                if phase == _START_FILL:
-                    reason = core.limit_reason()
-                    if reason is not None:
-                        finish(branch, Stop(core.state, reason))
-                        break
-                elif core.n_in_flight == 0:
-                    finish(branch, Stop(core.state, core.limit_reason() or "budget"))
-                    break
                 branch.phase = _WAIT
             finished_at, index, item, duration = heapq.heappop(heap)
-            if time_limit is not None and finished_at >= time_limit:
-                branch.now = time_limit
+            reason = core.expired(finished_at)
+            if reason is not None:  # a completion at or after the limit is too late: cancelled
+                branch.now = core.limit_at
                 heapq.heappush(heap, (finished_at, index, item, duration))
-                lost = wasted(heap, time_limit)
-                core.cancel_in_flight()
-                finish(branch, Stop(core.snapshot(time_limit), time_reason, lost))
+                lost = wasted(heap, core.limit_at)
+                core.cancel()
+                finish(branch, Stop(core.snapshot(core.limit_at), reason, lost))
                 break
             branch.now = finished_at
             if branch.flights is not None:
@@ -349,5 +350,5 @@ def replay_orders(
                             results[o][p] = stop
                 branch.active = still
                 branch.judged = [policies[p] for p in still]
-            branch.phase = _STEP_FILL
+            branch.phase = _FILL
     return [[stop for stop in row if stop is not None] for row in results]
