@@ -579,12 +579,15 @@ class Planner:
     launch the same calls.
     """
 
-    __slots__ = ("auto", "latency", "_needs")
+    __slots__ = ("auto", "latency", "_needs", "_observing", "_tokens_seen")
 
-    def __init__(self, auto: Auto, latency: LatencyEstimate | None = None) -> None:
+    def __init__(self, auto: Auto, latency: LatencyEstimate | None = None, *, observing: bool = False) -> None:
         self.auto = auto
         self.latency = latency if latency is not None else LatencyEstimate(prior_latency=auto.prior_latency)
         self._needs: dict[int, tuple[object, Callable[[RunState], float]]] = {}
+        #: Whether :meth:`observe` feeds the estimate (drivers without :class:`Flights`: the scheduler).
+        self._observing = observing
+        self._tokens_seen = 0
 
     def reading(self, latency: LatencyEstimate) -> Planner:
         """The same planner reading another estimate (a forked simulated run has its own)."""
@@ -630,7 +633,16 @@ class Planner:
         )
 
     def observe(self, core: RunCore, latency: float, final: bool) -> None:
-        """Nothing: the driver's :class:`Flights` feed the estimate (they know which call each outcome ends)."""
+        """Learn from an outcome, for a driver without :class:`Flights` (else nothing: they feed the estimate).
+
+        The engine does not say which call an outcome ends, so the tokens are the run's new ones:
+        exact for whole calls; a stream's last piece alone is under-counted.
+        """
+        if not self._observing:
+            return
+        tokens, self._tokens_seen = core.tokens - self._tokens_seen, core.tokens
+        if final:
+            self.latency.observe_call(latency, tokens)
 
 
 def _or_default(need: NeedFunction, horizon: int) -> Callable[[RunState], float]:

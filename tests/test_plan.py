@@ -306,3 +306,17 @@ def test_the_simulator_reports_the_work_cancelled_at_the_stop() -> None:
     # Stops at 0.2 s on the fourth sample; the fifth had decoded its 10 tokens (it ends at 0.2 s too,
     # after the stop) and the 30-token one (0.2 - 0.1) / 0.01 = 10.
     assert stop.reason == "policy" and stop.state.n_samples == 4 and stop.wasted == 20
+
+
+def test_the_scheduler_plans_a_request_and_learns_its_latency() -> None:
+    sampler = Counting("ab", delay=1.0)
+
+    async def main() -> bc.Result:
+        async with bc.Scheduler(slots=16) as sched:
+            return await sched.solve(
+                sampler, policy=AdaptiveConsistency(0.95), budget=bc.Budget(samples=10), concurrency="auto"
+            )
+
+    result = anyio.run(main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})
+    assert sampler.calls <= 10 and sampler.peak > 1  # more than one slot at once, within the budget
+    assert result.n_samples >= 4
