@@ -17,8 +17,11 @@ Three parts, each a pure function of what a run has seen:
   ``speed`` in [0, 1], moves it from the cheapest plan (one call at a time) to the fastest (every
   useful call at once).
 
-Drivers (the live run, the simulator) feed the same numbers to the same functions, so a simulated
-run plans what a live run plans.
+:class:`Planner` is the engine's :class:`~budgetctl._core.LaunchPlanner` for ``concurrency="auto"``;
+:class:`Flights` is the drivers' record of the calls in flight (launch times, what each showed),
+which feeds the estimate and counts the tokens cancelled calls had decoded. The live run and the
+simulator feed the same numbers to the same functions, so a simulated run plans what a live run
+plans.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 from ._sample import Sample
 from ._state import RunState
 from .policies._base import AllOf, AnyOf, StopPolicy
+from .policies._posterior import prob_leader_beta
+from .policies._rules import ESC, AdaptiveConsistency, MaxSamples, MaxTokens, Stable
 
 if TYPE_CHECKING:
     from ._core import RunCore
-from .policies._posterior import prob_leader_beta
-from .policies._rules import ESC, AdaptiveConsistency, MaxSamples, MaxTokens, Stable
 
 __all__ = [
     "Auto",
@@ -168,8 +171,9 @@ class LatencyEstimate:
     the line is fitted by exponentially weighted least squares (``half_life`` points), falling back to
     ``ttft = 0`` and the mean seconds per token while the points cannot separate the two. Finished
     calls also give the mean tokens and seconds of a call. Before the first arrival a call is
-    assumed to take ``prior_latency`` seconds. Observed times are rounded to the microsecond, so a
-    simulated run and a live one on a mock clock agree to the last bit.
+    assumed to take ``prior_latency`` seconds; a straggler counts at most four times the mean.
+    Observed times are rounded to the microsecond, so a simulated run and a live one on a mock clock
+    agree to the last bit.
     """
 
     __slots__ = ("prior_latency", "_decay", "_w", "_t", "_a", "_tt", "_ta", "_calls", "_call_tokens", "_call_seconds")
@@ -202,7 +206,13 @@ class LatencyEstimate:
         self._ta = self._ta * d + tokens * age
 
     def observe_call(self, latency: float, tokens: int) -> None:
-        """A call ended after ``latency`` seconds having decoded ``tokens`` in all."""
+        """A call ended after ``latency`` seconds having decoded ``tokens`` in all.
+
+        Robust to a straggler: once three calls are in, a call's seconds count at most four times
+        the current mean (a hung connection must not make every later plan think calls are slow).
+        """
+        if self._calls >= 3.0:
+            latency = min(latency, 4.0 * self._call_seconds / self._calls)
         self.observe_point(latency, tokens)
         d = self._decay
         self._calls = self._calls * d + 1.0

@@ -78,6 +78,14 @@ def test_latency_line_is_recovered_from_calls_of_different_lengths() -> None:
     assert estimate.tokens_after(0.05) == 0  # before the first token
 
 
+def test_one_straggler_does_not_make_every_call_look_slow() -> None:
+    estimate = LatencyEstimate()
+    for _ in range(5):
+        estimate.observe_call(1.0, 50)
+    estimate.observe_call(100.0, 50)  # a hung connection
+    assert estimate.call_seconds < 2.0
+
+
 def test_streamed_points_give_the_rate_before_any_call_ends() -> None:
     estimate = LatencyEstimate()
     for k in (20, 40, 60):
