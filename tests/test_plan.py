@@ -328,3 +328,14 @@ def test_the_scheduler_plans_a_request_and_learns_its_latency() -> None:
     result = anyio.run(main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})
     assert sampler.calls <= 10 and sampler.peak > 1  # more than one slot at once, within the budget
     assert result.n_samples >= 4
+
+
+def test_the_simulate_cli_takes_a_plan_and_reports_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from budgetctl.cli import main
+
+    args = ["simulate", "--policy", "ac:threshold=0.95", "--orders", "2", "--ttft-ms", "80", "--ms-per-token", "15"]
+    assert main([*args, "--concurrency", "auto:fast,max=8", "--json", "-"]) == 0
+    assert '"concurrency": "auto:fast,max=8"' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--concurrency", "auto:warp"])
+    assert "--concurrency" in capsys.readouterr().err
