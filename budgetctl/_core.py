@@ -62,6 +62,8 @@ def check_run_args(
             raise ValueError(f"max_failures cannot be negative, got {max_failures!r}")
 
 
+_UNBOUNDED = StopPolicy.remaining_bound
+
 _SAMPLE_FIELDS = tuple(f.name for f in fields(Sample))
 
 
@@ -270,20 +272,58 @@ class RunCore:
         budget has left, and zero once a limit forbids launching. A policy that has not stopped
         always gets at least one call in flight, so a bound can delay launches, never end a run.
         """
-        if not self.can_launch():
+        if self.exhausted or (self.max_failures is not None and self.n_failed > self.max_failures):
+            return 0
+        budget = self.budget
+        if budget.tokens is not None and self.tokens >= budget.tokens:
+            return 0
+        if budget.dollars is not None and self.dollars >= budget.dollars:
             return 0
         in_flight = self.n_in_flight
-        room = self.target_in_flight(policy) - in_flight
+        room = (self.concurrency if self.planner is None else self.target_in_flight(policy)) - in_flight
         if room <= 0:
             return 0
         if room > 1 or in_flight:  # one call with none in flight is always allowed: no bound to ask
             bound = (self.policy if policy is None else policy).remaining_bound(self._state)
             if bound is not None:
                 room = min(room, (bound if bound > 1 else 1) - in_flight)
-        samples = self.budget.samples
-        if samples is not None:
-            room = min(room, samples - self.n_launched)
+        samples = budget.samples
+        if samples is not None and room > samples - self.n_launched:
+            room = samples - self.n_launched
         return room if room > 0 else 0
+
+    def rooms(self, policies: Sequence[StopPolicy]) -> list[int]:
+        """:meth:`room` for each of ``policies`` in place of the run's own (the simulator judges several).
+
+        The same rule, with what does not depend on the policy worked out once.
+        """
+        if self.planner is not None:
+            return [self.room(policy) for policy in policies]
+        n = len(policies)
+        if not self.can_launch():
+            return [0] * n
+        in_flight = self.n_in_flight
+        room = self.concurrency - in_flight
+        samples = self.budget.samples
+        if samples is not None and room > samples - self.n_launched:
+            room = samples - self.n_launched
+        if room <= 0:
+            return [0] * n
+        if room == 1 and not in_flight:
+            return [1] * n
+        state = self._state
+        out = []
+        for policy in policies:
+            if type(policy).remaining_bound is _UNBOUNDED:  # the default: no bound, nothing to ask
+                out.append(room)
+                continue
+            bound = policy.remaining_bound(state)
+            if bound is None:
+                out.append(room)
+            else:
+                cap = (bound if bound > 1 else 1) - in_flight
+                out.append(room if room < cap else cap if cap > 0 else 0)
+        return out
 
     def fill(self) -> int:
         """Action: count as launched, and return, the calls the driver must start now (:meth:`room`)."""

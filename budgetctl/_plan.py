@@ -589,7 +589,7 @@ class Planner:
     launch the same calls.
     """
 
-    __slots__ = ("auto", "latency", "_needs", "_observing", "_tokens_seen")
+    __slots__ = ("auto", "latency", "_needs", "_observing", "_tokens_seen", "_answered")
 
     def __init__(self, auto: Auto, latency: LatencyEstimate | None = None, *, observing: bool = False) -> None:
         self.auto = auto
@@ -598,6 +598,7 @@ class Planner:
         #: Whether :meth:`observe` feeds the estimate (drivers without :class:`Flights`: the scheduler).
         self._observing = observing
         self._tokens_seen = 0
+        self._answered = 0
 
     def reading(self, latency: LatencyEstimate) -> Planner:
         """The same planner reading another estimate (a forked simulated run has its own)."""
@@ -651,7 +652,8 @@ class Planner:
         if not self._observing:
             return
         tokens, self._tokens_seen = core.tokens - self._tokens_seen, core.tokens
-        if final:
+        answered, self._answered = core.n_samples > self._answered, core.n_samples
+        if final and answered:  # a failure or an exhausted sampler says nothing of the latency
             self.latency.observe_call(latency, tokens)
 
 

@@ -9,6 +9,7 @@ and the simulators drive too: this module only maps its actions to tasks and any
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import os
@@ -26,6 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._aggregate import Aggregator, MajorityVote
 from ._budget import Budget
+from ._calls import Calls
 from ._core import END_OF_STREAM, RunCore, check_run_args
 from ._plan import Concurrency, Flights, LatencyEstimate, Planner, parse_concurrency
 from ._sample import Sample
@@ -238,10 +240,9 @@ class Run:
             concurrency=plan if isinstance(plan, int) else plan.cap,
             planner=None if isinstance(plan, int) else Planner(plan, self._flights.latency),
         )
-        #: Identifies this run in trace logs.
-        self.id = uuid.uuid4().hex[:12]
+        self._id: str | None = None
         self._result: Result | None = None
-        self._done = anyio.Event()
+        self._done: anyio.Event | None = None  # made by the first wait(): solve never needs one
         self._subscribers: list[MemoryObjectSendStream[RunState]] = []
         self._task_group: TaskGroup | None = None
         #: The clock at which the run started: when open_run or solve was called (set by them;
@@ -252,6 +253,13 @@ class Run:
         self._raise: BaseException | None = None
 
     # -- what callers read ---------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """Identifies this run in trace logs (made on first use)."""
+        if self._id is None:
+            self._id = uuid.uuid4().hex[:12]
+        return self._id
+
     @property
     def state(self) -> RunState:
         """The latest snapshot of the run (the final one once it has ended)."""
@@ -275,7 +283,10 @@ class Run:
 
     async def wait(self) -> Result:
         """Wait for the run to end and return its result."""
-        await self._done.wait()
+        if self._result is None:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
         assert self._result is not None
         return self._result
 
@@ -377,49 +388,48 @@ class Run:
         flights = self._flights
         now = self._t0
         with send, receive:
-            async with anyio.create_task_group() as samplers:
-                # The time limit is the task group's own: when it passes, the samplers and this loop
-                # are cancelled at once, and the cancellation ends here.
-                samplers.cancel_scope.deadline = core.limit_at
-                while reason is None:
-                    launch = core.fill()
-                    if launch:
-                        first = core.n_launched - launch
-                        for index in range(first, first + launch):
-                            flights.launched(index, now)
-                            samplers.start_soon(
-                                sample_once, sampler, index, send, sample_timeout, name=f"budgetctl sample {index}"
-                            )
-                    # Outcomes already waiting are taken without a trip through the event loop (one
-                    # per sample adds up), each still judged on its own; the wait is only when none is.
-                    try:
-                        item = receive.receive_nowait()
-                    except anyio.WouldBlock:
-                        item = None  # wait outside the handler: no exception kept alive meanwhile
-                    if item is None:
-                        item = await receive.receive()
-                    index, outcome, latency, final = item
-                    now = anyio.current_time()
-                    if type(outcome) is Escalated:
-                        self._raise = outcome.error
-                        reason = "error"
-                        break
-                    reason = core.expired(now)
-                    if reason is not None:  # past the limit: as if it had cancelled the call first
-                        break
-                    lost = flights.arrived(index, outcome, latency, now, final=final)
-                    if lost:
-                        self._charge(lost)
-                    try:
-                        reason = core.outcome(outcome, latency, now, final=final)
-                    except PolicyError as error:
-                        self._raise = error
-                        reason = "error"
-                    state = core.state
-                    if self._trace is not None:
-                        self._trace.step(core.samples, state, reason)
-                    self._publish(state)
-                samplers.cancel_scope.cancel()
+            calls = await Calls.open()
+            try:
+                # The time limit cancels this wait at once; leaving it cancels the calls (finally).
+                with anyio.CancelScope(deadline=core.limit_at):
+                    while reason is None:
+                        launch = core.fill()
+                        if launch:
+                            first = core.n_launched - launch
+                            for index in range(first, first + launch):
+                                flights.launched(index, now)
+                                calls.start(sample_once, sampler, index, send, sample_timeout)
+                        # Outcomes already waiting are taken without a trip through the event loop
+                        # (one per sample adds up), each still judged on its own.
+                        try:
+                            item = receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            item = None  # wait outside the handler: no exception kept alive meanwhile
+                        if item is None:
+                            item = await receive.receive()
+                        index, outcome, latency, final = item
+                        now = anyio.current_time()
+                        if type(outcome) is Escalated:
+                            self._raise = outcome.error
+                            reason = "error"
+                            break
+                        reason = core.expired(now)
+                        if reason is not None:  # past the limit: as if it had cancelled the call first
+                            break
+                        lost = flights.arrived(index, outcome, latency, now, final=final)
+                        if lost:
+                            self._charge(lost)
+                        try:
+                            reason = core.outcome(outcome, latency, now, final=final)
+                        except PolicyError as error:
+                            self._raise = error
+                            reason = "error"
+                        state = core.state
+                        if self._trace is not None:
+                            self._trace.step(core.samples, state, reason)
+                        self._publish(state)
+            finally:
+                await calls.aclose()
         if reason is None:  # the time limit cancelled the wait
             now = anyio.current_time()
             reason = core.time_reason()
@@ -442,7 +452,8 @@ class Run:
         for subscriber in self._subscribers:
             subscriber.close()
         self._subscribers.clear()
-        self._done.set()
+        if self._done is not None:
+            self._done.set()
 
     def _publish(self, state: RunState) -> None:
         for subscriber in list(self._subscribers):
@@ -486,7 +497,9 @@ async def sample_once(
             outcome = RuntimeError(f"sampler raised {type(error).__name__} without being cancelled")
         else:  # KeyboardInterrupt, SystemExit...: the caller's, raised by the run's driver as itself
             outcome = Escalated(error)
-    send.send_nowait((index, outcome, anyio.current_time() - started, True))
+    # The run may have ended without it (an abandoned call): its outcome is then dropped.
+    with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+        send.send_nowait((index, outcome, anyio.current_time() - started, True))
 
 
 def _is_cancellation(error: BaseException) -> bool:
@@ -512,7 +525,10 @@ async def _call(sampler: Sampler, index: int, send: MemoryObjectSendStream[_Outc
         # judged as it comes; stopping the run cancels the stream.
         async with _closing(call):
             async for item in call:
-                send.send_nowait((index, item, anyio.current_time() - started, False))
+                try:
+                    send.send_nowait((index, item, anyio.current_time() - started, False))
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    break  # the run has ended: stop reading the stream
         return END_OF_STREAM
     return await call
 

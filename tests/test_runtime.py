@@ -338,8 +338,10 @@ async def test_no_task_outlives_solve(anyio_backend: str) -> None:
             return len(asyncio.all_tasks())
         root = trio.lowlevel.current_root_task()
         assert root is not None
-        return len(root.child_nurseries[0].child_tasks)
+        return sum(len(nursery.child_tasks) for nursery in root.child_nurseries)
 
+    # The event loop's call host (one task for every run's sampler calls) starts with the first run.
+    await bc.solve(Replay(answers("w")), policy=MaxSamples(1))
     before = count_tasks()
     sampler = Replay([*answers("a", "a"), HANG, HANG, HANG], delay=0.01)
     result = await bc.solve(sampler, concurrency=5, policy=lambda s: s.n_samples >= 2, budget=Budget(samples=5))
@@ -628,3 +630,23 @@ def test_property_the_real_clock_agrees(values: list[Hashable], backend: str) ->
     expected = majority(tuple(answers(*values)))
     assert result.answer == (expected if expected is not None else "FALLBACK")
     assert result.stop_reason == "exhausted" and result.n_samples == len(values)
+
+
+# -- the deadline is the caller's --------------------------------------------------------------------------
+
+
+def test_the_deadline_counts_from_the_call_to_solve_and_to_open_run() -> None:
+    async def main() -> tuple[float, Result, float, Result]:
+        called = anyio.current_time()
+        solved = await bc.solve(Replay([HANG]), deadline=2.0)
+        waited = anyio.current_time() - called
+        opened_at = anyio.current_time()
+        run = bc.open_run(Replay([HANG]), deadline=2.0)
+        await anyio.sleep(0.75)  # time between open_run and entering the block counts
+        async with run:
+            result = await run.wait()
+        return waited, solved, anyio.current_time() - opened_at, result
+
+    waited, solved, held, result = run_virtual(main)
+    assert waited == solved.elapsed == 2.0
+    assert held == result.elapsed == 2.0 and result.stop_reason == "deadline"

@@ -615,3 +615,52 @@ def test_the_scheduler_is_exported_and_used_only_inside_async_with() -> None:
             await sched.solve(sampler("x", []))
 
     run_virtual(main)
+
+
+# -- per-request arguments, as solve takes them ----------------------------------------------------------
+
+
+def test_a_request_takes_trace_meta_sample_timeout_and_max_failures(tmp_path: Any) -> None:
+    path = tmp_path / "sched.jsonl"
+    calls = [0]
+
+    async def flaky() -> Sample:
+        calls[0] += 1
+        if calls[0] <= 2:
+            raise RuntimeError("down")
+        if calls[0] == 3:
+            await anyio.sleep(10)  # past the request's sample_timeout
+        await anyio.sleep(0.1)
+        return Sample(answer="x", tokens=4)
+
+    async def main() -> tuple[Result, Result]:
+        async with Scheduler(slots=2, max_failures=16, sample_timeout=100.0) as sched:
+            traced = await sched.solve(
+                flaky, policy=MaxSamples(2), trace=str(path), meta={"question": "q1"}, sample_timeout=1.0
+            )
+            calls[0] = 0
+            strict = await sched.solve(flaky, policy=MaxSamples(2), max_failures=1)
+        return traced, strict
+
+    traced, strict = run_virtual(main)
+    assert traced.stop_reason == "policy" and traced.n_failed == 3 and traced.n_samples == 2
+    assert any("timed out after 1.0 s" in e for e in traced.errors)
+    assert strict.stop_reason == "error" and strict.n_failed == 2  # the request's own max_failures
+    from budgetctl._trace import read_events
+
+    events = list(read_events(path))
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "stop" and kinds.count("sample") == 5
+    assert events[0]["meta"] == {"question": "q1"} and events[0]["config"]["sample_timeout"] == 1.0
+    assert events[-1]["reason"] == "policy"
+
+
+def test_a_request_deadline_counts_from_the_call() -> None:
+    async def main() -> tuple[float, Result]:
+        async with Scheduler(slots=1) as sched:
+            called = anyio.current_time()
+            result = await sched.solve(sampler("slow", [], latency=10.0), deadline=1.5)
+            return anyio.current_time() - called, result
+
+    waited, result = run_virtual(main)
+    assert result.stop_reason == "deadline" and result.elapsed == 1.5 and waited == 1.5

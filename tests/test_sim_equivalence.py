@@ -1,7 +1,10 @@
 """Simulation equals live runs: replaying a pool through a policy decides what ``solve`` decides.
 
-The live side runs ``solve`` on trio under an autojumping ``MockClock`` with a :class:`ReplaySampler`
-that sleeps each sample's modelled latency. Latencies are multiples of 2**-10 s, so virtual times
+The live side runs ``solve`` (and a request of the live :class:`~budgetctl.Scheduler`, alone with
+slots to spare, which must decide exactly as ``solve`` does: same engine, same launches) on trio
+under an autojumping ``MockClock`` with a :class:`ReplaySampler` that sleeps each sample's
+modelled latency. The scheduler against its own simulation with many requests sharing slots and
+a budget is ``tests/test_scheduler_sim.py``. Latencies are multiples of 2**-10 s, so virtual times
 add up exactly; deadlines sit half a tick off the grid, and (with several samples in flight)
 latencies are distinct powers of two, so no two events ever coincide and the order of events is
 the same on both sides.
@@ -86,27 +89,32 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def live(scenario: dict[str, Any]) -> bc.Result:
+def live(scenario: dict[str, Any], door: str = "solve") -> bc.Result:
     ordered = [scenario["samples"][i] for i in scenario["order"]]
     latency: LatencyModel = scenario["latency"]
+    args = {
+        "policy": scenario["policy"],
+        "budget": scenario["budget"],
+        "deadline": scenario["deadline"],
+        "concurrency": latency.concurrency,
+        "max_failures": None,
+    }
 
     async def main() -> bc.Result:
-        return await bc.solve(
-            ReplaySampler(ordered, latency),
-            policy=scenario["policy"],
-            budget=scenario["budget"],
-            deadline=scenario["deadline"],
-            concurrency=latency.concurrency,
-            max_failures=None,
-        )
+        sampler = ReplaySampler(ordered, latency)
+        if door == "solve":
+            return await bc.solve(sampler, **args)
+        slots = latency.concurrency if isinstance(latency.concurrency, int) else 64  # a plan: slots to spare
+        async with bc.Scheduler(slots=slots) as sched:
+            return await sched.solve(sampler, **args)
 
     return anyio.run(main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
-def test_simulated_run_equals_live_run(scenario: dict[str, Any]) -> None:
-    result = live(scenario)
+@given(scenarios(), st.sampled_from(["solve", "scheduler"]))
+def test_simulated_run_equals_live_run(scenario: dict[str, Any], door: str) -> None:
+    result = live(scenario, door)
     latency: LatencyModel = scenario["latency"]
     (stop,) = replay(
         latency.stamp(scenario["samples"]),

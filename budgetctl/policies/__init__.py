@@ -8,6 +8,7 @@ from ._base import AllOf as AllOf
 from ._base import AnyOf as AnyOf
 from ._base import Never as Never
 from ._base import Not as Not
+from ._base import PolicyError as PolicyError
 from ._base import PolicyLike as PolicyLike
 from ._base import StopPolicy as StopPolicy
 from ._base import as_policy as as_policy
@@ -33,6 +34,7 @@ __all__ = (
     "MaxSamples",
     "MaxTokens",
     "Never",
+    "PolicyError",
     "Not",
     "PolicyLike",
     "PolicySpecError",

@@ -88,6 +88,8 @@ class Stable(StopPolicy):
     """Stop when the leading answer has stayed the leader through the last ``k`` samples.
 
     The first sample makes a leader with a streak of 1, so ``Stable(1)`` stops after one sample.
+    It has no :meth:`remaining_bound`: the leader can keep changing (and abstentions never make
+    one), so no count of samples is sure to stop it for good.
     """
 
     k: int
@@ -98,10 +100,6 @@ class Stable(StopPolicy):
     def __call__(self, state: RunState, /) -> bool:
         return state.total_votes > 0 and state.leader_streak >= self.k
 
-    def remaining_bound(self, state: RunState, /) -> int | None:
-        """``None``: the leader can keep changing (and abstentions never make one), so no count of samples
-        is sure to stop it for good."""
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +109,8 @@ class AdaptiveConsistency(StopPolicy):
     ``criterion="beta"`` compares the top two answers, ``P(p > 1/2)`` with ``p ~ Beta(v1 + 1, v2 + 1)``;
     ``"dirichlet"`` compares the leader with the ``top_k`` answers under ``Dirichlet(votes + 1)``
     (the Beta criterion with fewer than three answers, as in the paper). The paper's default is
-    Beta at 0.95.
+    Beta at 0.95. It has no :meth:`remaining_bound`: answers that keep splitting the vote never let
+    it stop; with a cap (``AdaptiveConsistency(0.95) | MaxSamples(40)``) the cap bounds the calls.
     """
 
     threshold: float = 0.95
@@ -141,10 +140,6 @@ class AdaptiveConsistency(StopPolicy):
             return prob_leader_beta(state.leader_votes, state.runner_up_votes) >= self.threshold
         return self.probability(state) >= self.threshold
 
-    def remaining_bound(self, state: RunState, /) -> int | None:
-        """``None``: answers that keep splitting the vote never let it stop, so no count of samples is
-        sure to; with a cap (``AdaptiveConsistency(0.95) | MaxSamples(40)``) the cap bounds it."""
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +147,9 @@ class ESC(StopPolicy):
     """Early-Stopping Self-Consistency (Li et al., 2024): stop when a window of ``window`` samples all agree.
 
     Samples are taken window by window; at the end of each window (every ``window`` successful
-    samples) the run stops if the whole window gave the same, parsable answer.
+    samples) the run stops if the whole window gave the same, parsable answer. It has no
+    :meth:`remaining_bound`: every window may disagree. (It cannot stop before the end of the
+    current window: a lower bound on the samples it needs, not a cap.)
     """
 
     window: int = 5
@@ -163,10 +160,6 @@ class ESC(StopPolicy):
     def __call__(self, state: RunState, /) -> bool:
         return state.n_samples % self.window == 0 and state.answer_run >= self.window
 
-    def remaining_bound(self, state: RunState, /) -> int | None:
-        """``None``: every window may disagree, so no count of samples is sure to stop it. (It cannot
-        stop before the end of the current window: a lower bound on what it needs, not a cap.)"""
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +170,7 @@ class ConfidenceStop(StopPolicy):
     the samples voting for the leader (from logprobs, ``Sample.confidence``); ``"score"``, the
     leader's best verifier score; ``"vote"``, the aggregator's confidence (vote share); ``"auto"``,
     sample confidence, else verifier score, else never stops. At least ``min_samples`` must be back.
+    It has no :meth:`remaining_bound`: the confidence may never reach the threshold.
     """
 
     threshold: float = 0.9
@@ -204,9 +198,6 @@ class ConfidenceStop(StopPolicy):
             return state.leader_sample_confidence
         return state.leader_score
 
-    def remaining_bound(self, state: RunState, /) -> int | None:
-        """``None``: the confidence may never reach the threshold."""
-        return None
 
     def __call__(self, state: RunState, /) -> bool:
         if state.n_samples < self.min_samples:

@@ -26,6 +26,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from .._aggregate import Aggregator
 from .._budget import Budget
+from .._calls import Calls
 from .._core import RunCore, check_run_args
 from .._gain import GainModel
 from .._plan import Auto, Planner, parse_concurrency
@@ -99,12 +100,12 @@ _DEFAULT = _Default()
 
 
 class _Request:
-    __slots__ = ("sampler", "sample_timeout", "task_group", "send")
+    __slots__ = ("sampler", "sample_timeout", "calls", "send")
 
     def __init__(self, sampler: Sampler, sample_timeout: float | None) -> None:
         self.sampler = sampler
         self.sample_timeout = sample_timeout
-        self.task_group: TaskGroup | None = None
+        self.calls: Calls | None = None
         self.send: MemoryObjectSendStream[Any] | None = None
 
 
@@ -351,18 +352,18 @@ class Scheduler:
         now = started
         if reason is not None:  # a budget that allows nothing, or a deadline already past
             return self._end(core, reason, anyio.current_time(), fallback, log)
+        # Ready before it can be given a slot (the first request of an event loop starts its call host).
+        calls = request.calls = await Calls.open()
         if not self._allocator.admit(ticket, started):
             self._rejected += 1
             return self._end(core, "budget", anyio.current_time(), fallback, log)
         self._admitted += 1
         self._running.add(ticket)
         send, receive = anyio.create_memory_object_stream[Any](_INF)
+        request.send = send
         with send, receive:
-            async with anyio.create_task_group() as samplers:
-                samplers.cancel_scope.deadline = ticket.deadline_at
-                request.task_group = samplers
-                request.send = send
-                try:
+            try:
+                with anyio.CancelScope(deadline=ticket.deadline_at):
                     self._dispatch(started)
                     while reason is None:
                         try:  # outcomes already waiting are taken without a trip through the event loop
@@ -389,11 +390,11 @@ class Scheduler:
                             log.step(core.samples, core.state, reason)
                         if reason is None and final:
                             self._dispatch(now)
-                finally:
-                    # At once, even when cancelled: the request's slots go to others before its
-                    # samplers have finished unwinding.
-                    self._release(ticket)
-                    samplers.cancel_scope.cancel()
+            finally:
+                # At once, even when cancelled: the request's slots go to others before its
+                # samplers have finished unwinding (or been abandoned).
+                self._release(ticket)
+                await calls.aclose()
         if reason is None:  # its deadline
             now = anyio.current_time()
             reason = core.time_reason()
@@ -438,11 +439,9 @@ class Scheduler:
         self._decision_ns += time.perf_counter_ns() - started
         for ticket in decided.launched:
             request = ticket.handle
-            assert isinstance(request, _Request) and request.task_group is not None
-            assert request.send is not None
-            request.task_group.start_soon(
-                sample_once, request.sampler, ticket.core.n_launched - 1, request.send, request.sample_timeout
-            )
+            assert isinstance(request, _Request) and request.calls is not None
+            index = ticket.core.n_launched - 1  # for the outcome's record only (two launches may share it)
+            request.calls.start(sample_once, request.sampler, index, request.send, request.sample_timeout)
         for ticket in decided.starved:
             self._notify(ticket, _STARVED)
         if decided.wake < self._wake_at:

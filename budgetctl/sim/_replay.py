@@ -28,6 +28,7 @@ from ..policies._base import Never, StopPolicy
 __all__ = ["LatencyModel", "ReplaySampler", "Stop", "replay", "replay_orders"]
 
 _NEVER = Never()
+_DEFAULT_BOUND = StopPolicy.remaining_bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +259,9 @@ def replay_orders(
     # run that goes on must have); with more, a policy's bound may launch fewer: such policies
     # are forked onto runs of their own where their launches differ.
     per_policy_room = concurrency > 1
+    # Policies whose launches can differ from the others' (a bound of their own): only while one of
+    # them is still judged must the engine be asked policy by policy.
+    bounded = {p for p, policy in enumerate(policies) if type(policy).remaining_bound is not _DEFAULT_BOUND}
     everyone, all_policies = list(range(len(rows))), list(range(len(policies)))
     pending = [_Branch(root_core, [], 0, 0.0, _START, everyone, all_policies, list(policies), flights)]
 
@@ -283,8 +287,8 @@ def replay_orders(
                     break
                 phase = branch.phase = _FILL
             if phase == _FILL:
-                if per_policy_room:
-                    rooms = [core.room(p) for p in branch.judged]
+                if per_policy_room and (core.planner is not None or not bounded.isdisjoint(branch.active)):
+                    rooms = core.rooms(branch.judged)
                     room = rooms[0]
                     if any(r != room for r in rooms):
                         by_room: dict[int, list[int]] = {}
