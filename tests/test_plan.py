@@ -339,3 +339,15 @@ def test_the_simulate_cli_takes_a_plan_and_reports_it(capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         main([*args, "--concurrency", "auto:warp"])
     assert "--concurrency" in capsys.readouterr().err
+
+
+def test_the_trace_records_the_plan_and_the_wasted_tokens() -> None:
+    import io
+    import json
+
+    buffer = io.StringIO()
+    sampler = Counting("a", delay=1.0, tokens=10)
+    result = _virtual(sampler, policy=AdaptiveConsistency(0.95), concurrency="auto:fast", trace=buffer)
+    events = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert events[0]["config"]["concurrency"] == "auto:fast"
+    assert events[-1]["event"] == "stop" and events[-1]["wasted_tokens"] == result.wasted_tokens > 0
