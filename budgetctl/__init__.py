@@ -25,6 +25,7 @@ from ._errors import FatalSamplerError as FatalSamplerError
 from ._gain import GainModel as GainModel
 from ._gain import VoteGain as VoteGain
 from ._jsonl import ReadLimits as ReadLimits
+from ._plan import Auto as Auto
 from ._runtime import Run as Run
 from ._runtime import Sampler as Sampler
 from ._runtime import open_run as open_run
@@ -53,6 +54,7 @@ if _typing.TYPE_CHECKING:  # loaded on first use, see __getattr__
 
 __all__ = (
     "Aggregator",
+    "Auto",
     "BestOfN",
     "Budget",
     "Exhausted",

@@ -38,6 +38,10 @@ class Budget:
     price_per_token: float = 0.0
     #: Wall-clock seconds; reaching it ends the run with ``stop_reason == "budget"``.
     seconds: float | None = None
+    #: Charge the tokens of cancelled calls (``Result.wasted_tokens``: decoded, never delivered, still
+    #: billed by most providers) to ``tokens`` and ``dollars``, as they are counted: a timed-out call's
+    #: at once, the calls cancelled at the stop in the result.
+    charge_wasted: bool = False
 
     def __post_init__(self) -> None:
         _check_cap("samples", self.samples, integer=True)
@@ -45,6 +49,8 @@ class Budget:
         _check_cap("dollars", self.dollars)
         _check_cap("seconds", self.seconds)
         _check_cap("price_per_token", self.price_per_token)
+        if not isinstance(self.charge_wasted, bool):
+            raise TypeError(f"Budget(charge_wasted=...) must be a bool, got {self.charge_wasted!r}")
 
     def cost_of(self, tokens: int, cost: float | None) -> float:
         """Dollars charged for a sample of ``tokens`` tokens that reported ``cost`` (or ``None``)."""
@@ -58,4 +64,5 @@ class Budget:
             "dollars": self.dollars,
             "price_per_token": self.price_per_token,
             "seconds": self.seconds,
+            "charge_wasted": self.charge_wasted,
         }

@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from types import TracebackType
 from typing import IO, Any, TypeAlias
 
@@ -28,6 +29,7 @@ from ._aggregate import Aggregator, MajorityVote
 from ._budget import Budget
 from ._calls import Calls
 from ._core import END_OF_STREAM, RunCore, check_run_args
+from ._plan import Concurrency, Flights, LatencyEstimate, Planner, parse_concurrency
 from ._sample import Sample
 from ._state import Result, RunState, StopReason
 from ._trace import TRACE_SCHEMA_VERSION, TraceWriter, decision_event, sample_event, stop_event
@@ -117,7 +119,7 @@ def run_config(
     aggregator: object,
     budget: Budget,
     deadline: float | None,
-    concurrency: int,
+    concurrency: int | str,
     sample_timeout: float | None,
     max_failures: int | None,
 ) -> dict[str, Any]:
@@ -195,7 +197,7 @@ class Run:
         policy: PolicyLike | None = None,
         budget: Budget | None = None,
         deadline: float | None = None,
-        concurrency: int = 1,
+        concurrency: Concurrency = "auto",
         aggregator: Aggregator | None = None,
         fallback: object = None,
         trace: str | os.PathLike[str] | IO[str] | TraceWriter | None = None,
@@ -205,8 +207,12 @@ class Run:
     ) -> None:
         if not callable(sampler):
             raise TypeError(f"sampler must be an async callable returning a budgetctl.Sample, got {sampler!r}")
+        plan = parse_concurrency(concurrency)
         check_run_args(
-            deadline=deadline, concurrency=concurrency, max_failures=max_failures, sample_timeout=sample_timeout
+            deadline=deadline,
+            concurrency=plan if isinstance(plan, int) else plan.cap,
+            max_failures=max_failures,
+            sample_timeout=sample_timeout,
         )
         if budget is not None and not isinstance(budget, Budget):
             raise TypeError(f"budget must be a budgetctl.Budget or None, got {budget!r}")
@@ -216,7 +222,10 @@ class Run:
         self._policy = as_policy(policy)
         self._aggregator = aggregator if aggregator is not None else MajorityVote()
         self._deadline = deadline
-        self._concurrency = concurrency
+        #: What the trace records: the most in flight, or the plan.
+        self._concurrency: int | str = plan if isinstance(plan, int) else str(plan)
+        #: The calls in flight: when each started, what each showed (the latency estimate), what was lost.
+        self._flights = Flights(None if isinstance(plan, int) else LatencyEstimate(prior_latency=plan.prior_latency))
         self._fallback = fallback
         self._sample_timeout = sample_timeout
         self._trace_target = trace
@@ -228,7 +237,8 @@ class Run:
             budget=budget,
             deadline=deadline,
             max_failures=max_failures,
-            concurrency=concurrency,
+            concurrency=plan if isinstance(plan, int) else plan.cap,
+            planner=None if isinstance(plan, int) else Planner(plan, self._flights.latency),
         )
         self._id: str | None = None
         self._result: Result | None = None
@@ -375,6 +385,7 @@ class Run:
         reason = core.start(self._t0) or core.expired(anyio.current_time())
         send, receive = anyio.create_memory_object_stream[_Outcome](math.inf)
         sampler, sample_timeout = self._sampler, self._sample_timeout
+        flights = self._flights
         now = self._t0
         with send, receive:
             calls = await Calls.open()
@@ -386,6 +397,7 @@ class Run:
                         if launch:
                             first = core.n_launched - launch
                             for index in range(first, first + launch):
+                                flights.launched(index, now)
                                 calls.start(sample_once, sampler, index, send, sample_timeout)
                         # Outcomes already waiting are taken without a trip through the event loop
                         # (one per sample adds up), each still judged on its own.
@@ -395,7 +407,7 @@ class Run:
                             item = None  # wait outside the handler: no exception kept alive meanwhile
                         if item is None:
                             item = await receive.receive()
-                        _, outcome, latency, final = item
+                        index, outcome, latency, final = item
                         now = anyio.current_time()
                         if type(outcome) is Escalated:
                             self._raise = outcome.error
@@ -404,6 +416,9 @@ class Run:
                         reason = core.expired(now)
                         if reason is not None:  # past the limit: as if it had cancelled the call first
                             break
+                        lost = flights.arrived(index, outcome, latency, now, final=final)
+                        if lost:
+                            self._charge(lost)
                         try:
                             reason = core.outcome(outcome, latency, now, final=final)
                         except PolicyError as error:
@@ -420,8 +435,17 @@ class Run:
             reason = core.time_reason()
         self._finish(reason, now)
 
+    def _charge(self, lost: int) -> None:
+        # Tokens decoded by cancelled calls, added to the spending when the budget says so.
+        core = self._core
+        if core.budget.charge_wasted:
+            core.tokens += lost
+            core.dollars += lost * core.budget.price_per_token
+
     def _finish(self, reason: StopReason, now: float) -> None:
-        self._result = result = self._core.finish(reason, now, fallback=self._fallback)
+        self._charge(self._flights.cancelled(now))
+        result = self._core.finish(reason, now, fallback=self._fallback)
+        self._result = result = replace(result, wasted_tokens=self._flights.wasted)
         if self._trace is not None:
             self._trace.stop(result)
         self._publish(result.state)
@@ -526,7 +550,7 @@ def open_run(
     policy: PolicyLike | None = None,
     budget: Budget | None = None,
     deadline: float | None = None,
-    concurrency: int = 1,
+    concurrency: Concurrency = "auto",
     aggregator: Aggregator | None = None,
     fallback: object = None,
     trace: str | os.PathLike[str] | IO[str] | TraceWriter | None = None,
@@ -565,7 +589,7 @@ async def solve(
     policy: PolicyLike | None = None,
     budget: Budget | None = None,
     deadline: float | None = None,
-    concurrency: int = 1,
+    concurrency: Concurrency = "auto",
     aggregator: Aggregator | None = None,
     fallback: object = None,
     trace: str | os.PathLike[str] | IO[str] | TraceWriter | None = None,
@@ -585,7 +609,9 @@ async def solve(
         budget: caps on samples, tokens, dollars and seconds.
         deadline: seconds from this call (setup included); at it, samples in flight are cancelled and
             the best is returned.
-        concurrency: most sampler calls in flight at once.
+        concurrency: most sampler calls in flight at once (an int), or ``"auto"`` (the default; or
+            :class:`~budgetctl.Auto`, ``"auto:fast"``...): plan them at every arrival from the time
+            left, the measured latency and the samples the policy is expected to still need.
         aggregator: how samples become an answer (default :class:`MajorityVote`).
         fallback: the answer when no sample voted.
         trace: path or text stream (or :class:`TraceWriter`) to append the run's events to.

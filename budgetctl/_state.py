@@ -127,6 +127,11 @@ class Result:
     samples: tuple[Sample, ...]
     #: The last snapshot policies saw.
     state: RunState
+    #: Tokens decoded by cancelled calls (at the stop, or timed out) that ``tokens`` does not count:
+    #: tokens a stream decoded after its last partial answer, or a whole call's, estimated from how
+    #: long it ran and the measured per-token rate. Providers bill them; ``Budget(charge_wasted=True)``
+    #: adds them to ``tokens`` and ``dollars`` too.
+    wasted_tokens: int = 0
 
     @property
     def errors(self) -> tuple[str, ...]:

@@ -257,6 +257,7 @@ def stop_event(run: str, result: Result) -> dict[str, Any]:
         "n_samples": result.n_samples,
         "n_failed": result.n_failed,
         "n_cancelled": result.n_cancelled,
+        "wasted_tokens": result.wasted_tokens,
         "tokens": result.tokens,
         "dollars": result.dollars,
     }

@@ -224,7 +224,7 @@ async def test_first_accepted_settles_the_run() -> None:
             Sample(answer="a", score=0.1),
         ]
     )
-    result = await bc.solve(sampler, aggregator=FirstAccepted())
+    result = await bc.solve(sampler, aggregator=FirstAccepted(), concurrency=1)
     assert result.stop_reason == "policy"
     assert result.answer == "b" and result.confidence == 1.0
     assert result.n_samples == 3 and sampler.calls == 3

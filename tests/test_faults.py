@@ -191,7 +191,7 @@ class Stubborn:
 @pytest.mark.parametrize("door", DOORS)
 async def test_a_stubborn_sampler_cannot_hold_the_result(door: str) -> None:
     stubborn = Stubborn()
-    result = await through(door, stubborn, deadline=0.05)
+    result = await through(door, stubborn, deadline=0.05, concurrency=1)
     # The result came back while the sampler's cleanup still holds on: it was abandoned.
     assert result.stop_reason == "deadline" and result.n_cancelled == 1
     assert not stubborn.cleaned.is_set()
@@ -204,7 +204,7 @@ def test_the_wait_for_a_stubborn_sampler_is_bounded_in_virtual_time() -> None:
     async def main() -> tuple[float, bc.Result]:
         stubborn = Stubborn()
         started = anyio.current_time()
-        result = await bc.solve(stubborn, deadline=1.0)
+        result = await bc.solve(stubborn, deadline=1.0, concurrency=1)
         returned = anyio.current_time() - started
         stubborn.release.set()
         await stubborn.cleaned.wait()

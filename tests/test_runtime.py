@@ -123,12 +123,12 @@ def _virtual_solve(sampler: Any, **kwargs: Any) -> Result:
 
 
 def test_stop_reason_policy() -> None:
-    result = _virtual_solve(Replay(answers(*"aaaaaaaa"), delay=1.0), policy=AdaptiveConsistency(0.95))
+    result = _virtual_solve(Replay(answers(*"aaaaaaaa"), delay=1.0), policy=AdaptiveConsistency(0.95), concurrency=1)
     assert result.stop_reason == "policy" and result.n_samples == 4 and result.elapsed == 4.0
 
 
 def test_stop_reason_deadline() -> None:
-    result = _virtual_solve(Replay(answers(*"abab"), delay=1.5), deadline=3.2, fallback="none")
+    result = _virtual_solve(Replay(answers(*"abab"), delay=1.5), deadline=3.2, fallback="none", concurrency=1)
     assert result.stop_reason == "deadline" and result.elapsed == 3.2
     assert result.n_samples == 2 and result.n_cancelled == 1 and result.answer == "a"
 
@@ -155,9 +155,9 @@ def test_stop_reason_budget_dollars() -> None:
 
 def test_stop_reason_budget_seconds_versus_deadline() -> None:
     slow = answers(*"ababab")
-    by_time = _virtual_solve(Replay(slow, delay=1.0), budget=Budget(seconds=2.5))
+    by_time = _virtual_solve(Replay(slow, delay=1.0), budget=Budget(seconds=2.5), concurrency=1)
     assert by_time.stop_reason == "budget" and by_time.elapsed == 2.5
-    by_deadline = _virtual_solve(Replay(slow, delay=1.0), budget=Budget(seconds=2.5), deadline=1.5)
+    by_deadline = _virtual_solve(Replay(slow, delay=1.0), budget=Budget(seconds=2.5), deadline=1.5, concurrency=1)
     assert by_deadline.stop_reason == "deadline" and by_deadline.elapsed == 1.5
 
 
@@ -169,7 +169,7 @@ def test_stop_reason_exhausted_waits_for_samples_in_flight() -> None:
 
 def test_stop_reason_error_keeps_the_best_so_far() -> None:
     script: list[object] = [*answers("a", "a"), *[RuntimeError("down")] * 10]
-    result = _virtual_solve(Replay(script, delay=1.0), max_failures=3)
+    result = _virtual_solve(Replay(script, delay=1.0), max_failures=3, concurrency=1)
     assert result.stop_reason == "error"
     assert result.n_failed == 4 and result.answer == "a" and result.confidence == 1.0
 
@@ -263,7 +263,7 @@ async def test_a_bad_trace_target_fails_before_sampling() -> None:
 async def test_best_is_readable_while_the_run_goes_on() -> None:
     sampler = Replay(answers("a", "b", "b", "b"), delay=0.01)
     seen: list[Hashable] = []
-    async with bc.open_run(sampler, fallback="nothing yet", policy=MaxSamples(4)) as run:
+    async with bc.open_run(sampler, fallback="nothing yet", policy=MaxSamples(4), concurrency=1) as run:
         assert (run.best, run.result) == ("nothing yet", None)
         async for state in run.updates():
             seen.append(run.best)
@@ -276,7 +276,7 @@ async def test_best_is_readable_while_the_run_goes_on() -> None:
 
 async def test_updates_stream_every_snapshot_to_every_reader() -> None:
     sampler = Replay(answers(*"abcab"), delay=0.01)
-    async with bc.open_run(sampler) as run:
+    async with bc.open_run(sampler, concurrency=1) as run:
         first, second = run.updates(), run.updates()
         a = [s async for s in first]
         b = [s async for s in second]
@@ -494,7 +494,7 @@ class Stream:
 
 def test_streaming_probes_are_judged_as_they_arrive_and_the_stream_is_closed() -> None:
     stream = Stream(answers(*"aaaaaaaaaa", tokens=5))
-    result = _virtual_solve(stream, policy=MaxSamples(3))
+    result = _virtual_solve(stream, policy=MaxSamples(3), concurrency=1)
     assert result.stop_reason == "policy" and result.n_samples == 3 and result.tokens == 15
     assert result.elapsed == 3.0
     assert stream.opened == stream.closed == 1
@@ -515,7 +515,7 @@ def test_an_empty_stream_adds_nothing() -> None:
 
 def test_a_deadline_cancels_a_stream_mid_thought() -> None:
     stream = Stream(answers(*"abcdefgh"))
-    result = _virtual_solve(stream, deadline=2.5)
+    result = _virtual_solve(stream, deadline=2.5, concurrency=1)
     assert result.stop_reason == "deadline" and result.n_samples == 2 and result.elapsed == 2.5
     assert stream.closed == 1 and result.n_cancelled == 1
 

@@ -204,7 +204,7 @@ async def test_logprobs_from_the_pool_become_confidence(live: RunningServer, cli
 async def test_a_settled_chain_is_stopped_and_its_stream_closed(live: RunningServer, client: Any) -> None:
     stats = live.server.stats
     sampler = openai_chat_stream(client, "replay", CHAIN, probe_every=20, probe="request", price=PRICE)
-    result = await bc.solve(sampler, policy=Stable(2), deadline=10)
+    result = await bc.solve(sampler, policy=Stable(2), deadline=10, concurrency=1)
     assert result.stop_reason == "policy"
     assert result.answer == "deep"
     # Two probes agreed, each paying 20 streamed tokens and its probe reply (" deep.", one token);

@@ -53,7 +53,17 @@ composed = st.one_of(
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> dict[str, Any]:
-    concurrency = draw(st.integers(1, 3))
+    concurrency = draw(
+        st.one_of(
+            st.integers(1, 3),
+            st.builds(
+                bc.Auto,
+                speed=st.sampled_from([0.0, 0.3, 0.5, 0.8, 1.0]),
+                max_in_flight=st.one_of(st.none(), st.integers(1, 4)),
+                prior_latency=st.sampled_from([TICK, 8 * TICK, 64 * TICK, 1.0]),
+            ),
+        )
+    )
     n = draw(st.integers(1, 8))
     answers = draw(st.lists(st.sampled_from(["a", "b", "c", None]), min_size=n, max_size=n))
     if concurrency == 1:
@@ -94,7 +104,8 @@ def live(scenario: dict[str, Any], door: str = "solve") -> bc.Result:
         sampler = ReplaySampler(ordered, latency)
         if door == "solve":
             return await bc.solve(sampler, **args)
-        async with bc.Scheduler(slots=latency.concurrency) as sched:
+        slots = latency.concurrency if isinstance(latency.concurrency, int) else 64  # a plan: slots to spare
+        async with bc.Scheduler(slots=slots) as sched:
             return await sched.solve(sampler, **args)
 
     return anyio.run(main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})

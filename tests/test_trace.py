@@ -35,7 +35,13 @@ async def test_solve_trace_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "trace.jsonl"
     meta = {"id": "q1", "gold": "a", "dataset": "demo"}
     result = await bc.solve(
-        Replay(SCRIPT), trace=path, meta=meta, budget=Budget(tokens=1000), policy=MaxSamples(10), max_failures=None
+        Replay(SCRIPT),
+        trace=path,
+        meta=meta,
+        budget=Budget(tokens=1000),
+        policy=MaxSamples(10),
+        max_failures=None,
+        concurrency=1,
     )
     events = list(read_events(path))
     kinds = [e["event"] for e in events]
@@ -107,7 +113,7 @@ def test_concurrent_runs_share_one_writer(tmp_path: Path) -> None:
 
 async def test_a_text_stream_target_is_left_open() -> None:
     buffer = io.StringIO()
-    await bc.solve(Replay([Sample(answer="a")]), trace=buffer)
+    await bc.solve(Replay([Sample(answer="a")]), trace=buffer, concurrency=1)
     assert not buffer.closed
     assert [json.loads(line)["event"] for line in buffer.getvalue().splitlines()][::2] == ["start", "decision", "stop"]
 
@@ -115,7 +121,9 @@ async def test_a_text_stream_target_is_left_open() -> None:
 async def test_infinite_limits_are_written_as_null(tmp_path: Path) -> None:
     # math.inf means "no limit"; JSON has no Infinity, so the trace says null, as for None.
     path = tmp_path / "inf.jsonl"
-    await bc.solve(Replay([Sample(answer="a")]), trace=path, deadline=math.inf, budget=Budget(seconds=math.inf))
+    await bc.solve(
+        Replay([Sample(answer="a")]), trace=path, deadline=math.inf, budget=Budget(seconds=math.inf), concurrency=1
+    )
     start, *_, decision, stop = read_events(path)
     assert start["config"]["deadline"] is None and start["config"]["budget"]["seconds"] is None
     assert decision["state"]["time_left"] is None

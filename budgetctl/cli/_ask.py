@@ -33,7 +33,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--budget-usd", type=float, default=None, help="most dollars to spend (needs prices)")
     parser.add_argument("--budget-tokens", type=int, default=None, help="most generated tokens to spend")
     parser.add_argument("--max-samples", type=int, default=40, help="most requests to launch (default: %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default: %(default)s)")
+    parser.add_argument(
+        "--concurrency",
+        default="auto",
+        help="requests in flight at once: N, or auto (planned at every arrival), auto:SPEED (0..1, cheapest.."
+        "fastest) (default: %(default)s)",
+    )
     parser.add_argument("--n", type=int, default=1, help="completions per request (default: %(default)s)")
     parser.add_argument("--extract", default="default", help="answer extractor: default, answer-is, boxed, ...")
     parser.add_argument("--choices", default="ABCDE", help="letters for --extract choice (default: %(default)s)")
@@ -66,9 +71,14 @@ def register(subparsers: Any) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    from .._plan import parse_concurrency
     from ..cli import UsageError
 
-    positive = {"--max-samples": args.max_samples, "--concurrency": args.concurrency, "--n": args.n}
+    try:
+        args.concurrency = parse_concurrency(args.concurrency, name="--concurrency")
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    positive = {"--max-samples": args.max_samples, "--n": args.n}
     positive["--probe-every"] = args.probe_every
     for flag, value in positive.items():
         if value is not None and value < 1:

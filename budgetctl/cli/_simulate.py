@@ -12,6 +12,7 @@ from typing import Any
 
 from .._budget import Budget
 from .._files import OutputError, atomic_write, check_outputs
+from .._plan import Auto, parse_concurrency
 from .._pool import Pool, demo_pool_path, load_pool
 from ..sim import LatencyModel, simulate
 from ..sim._plot import deadline_plot_path
@@ -20,6 +21,14 @@ from . import UsageError
 
 #: What runs when no --policy is given.
 DEFAULT_POLICIES = ("fixed:n=10", "fixed:n=40", "ac:threshold=0.95", "esc:window=5", "stable:k=3")
+
+
+def _concurrency(text: str) -> int | Auto:
+    # argparse turns the ValueError into a one-line usage error naming --concurrency.
+    try:
+        return parse_concurrency(text, name="--concurrency")
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def register(subparsers: Any) -> None:
@@ -71,7 +80,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--ms-per-token", type=float, default=0.0, help="latency model: ms per generated token (default 0)"
     )
-    parser.add_argument("--concurrency", type=int, default=1, help="samples in flight at once (default 1)")
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default="auto",
+        help="samples in flight at once: N, or auto (default: planned at every arrival), auto:SPEED "
+        "(0..1, cheapest, cheap, balanced, fast, fastest), auto:SPEED,max=N",
+    )
     parser.add_argument(
         "--deadline", type=float, default=None, metavar="S", help="seconds each question must be answered by"
     )

@@ -29,6 +29,7 @@ from .._budget import Budget
 from .._calls import Calls
 from .._core import RunCore, check_run_args
 from .._gain import GainModel
+from .._plan import Auto, Planner, parse_concurrency
 from .._runtime import Escalated, RunLog, Sampler, run_config, sample_once
 from .._state import Result, StopReason
 from .._trace import TraceWriter
@@ -253,7 +254,7 @@ class Scheduler:
         gain: GainModel | None = None,
         aggregator: Aggregator | None = None,
         fallback: object = None,
-        concurrency: int = 1,
+        concurrency: int | str | Auto = 1,
         trace: str | os.PathLike[str] | IO[str] | TraceWriter | None = None,
         sample_timeout: float | None = None,
         max_failures: int | _Default | None = _DEFAULT,
@@ -273,7 +274,9 @@ class Scheduler:
             gain: this request's gain model (overrides the policy's and the scheduler's).
             aggregator: how samples become an answer (default: the scheduler's, else majority vote).
             fallback: the answer when no sample voted.
-            concurrency: most slots this request holds at once.
+            concurrency: most slots this request holds at once; ``"auto"`` (or :class:`~budgetctl.Auto`)
+                plans it at every outcome as :func:`~budgetctl.solve` does (from the latency this
+                request's calls showed), the allocator still giving each slot by gain.
             trace: path or text stream (or :class:`~budgetctl.TraceWriter`) to append this
                 request's events to, as :func:`~budgetctl.solve` writes them.
             sample_timeout: seconds after which one call is abandoned and recorded as failed
@@ -295,9 +298,9 @@ class Scheduler:
         if sample_timeout is None:
             sample_timeout = self._sample_timeout
         failures = self._max_failures if isinstance(max_failures, _Default) else max_failures
-        check_run_args(
-            deadline=deadline, concurrency=concurrency, max_failures=failures, sample_timeout=sample_timeout
-        )
+        plan = parse_concurrency(concurrency)
+        cap = plan if isinstance(plan, int) else plan.cap
+        check_run_args(deadline=deadline, concurrency=cap, max_failures=failures, sample_timeout=sample_timeout)
         _check_number("value", value, allow_none=False, positive=False)
         if budget is not None and not isinstance(budget, Budget):
             raise TypeError(f"budget must be a budgetctl.Budget or None, got {budget!r}")
@@ -313,12 +316,14 @@ class Scheduler:
             budget=budget,
             deadline=deadline,
             max_failures=failures,
-            concurrency=concurrency,
+            concurrency=cap,
+            planner=None if isinstance(plan, int) else Planner(plan, observing=True),
         )
         log = None
         if trace is not None:
             log = RunLog(uuid.uuid4().hex[:12], trace)
-            config = run_config(stop, aggregator, core.budget, deadline, concurrency, sample_timeout, failures)
+            shown = plan if isinstance(plan, int) else str(plan)
+            config = run_config(stop, aggregator, core.budget, deadline, shown, sample_timeout, failures)
             log.start({**config, "scheduler": True}, meta or {})
         try:
             result = await self._serve(core, sampler, gain, float(value), sample_timeout, fallback, started, log)

@@ -161,7 +161,9 @@ class SharedBudgetResult:
             "latency": {
                 "ttft": self.latency.ttft,
                 "per_token": self.latency.per_token,
-                "concurrency": self.latency.concurrency,
+                "concurrency": self.latency.concurrency
+                if isinstance(self.latency.concurrency, int)
+                else str(self.latency.concurrency),
             },
             "deadline": self.deadline,
             "lookahead": self.lookahead,
@@ -691,7 +693,7 @@ def _simulate_dataset(
     for i in range(n_q):
         runs = replay_orders(stamped[i], all_orders[i], thresholds)
         for o, stops in enumerate(runs):
-            for p, (state, _) in enumerate(stops):
+            for p, (state, *_) in enumerate(stops):
                 ac_stop[p, i, o] = state.n_samples + state.n_failed
     q_index = np.arange(n_q)[:, None]
     o_index = np.arange(orders)[None, :]

@@ -20,6 +20,7 @@ import numpy as np
 from .._aggregate import Aggregator
 from .._budget import Budget
 from .._core import RunCore
+from .._plan import Auto, Flights, LatencyEstimate, Planner, parse_concurrency
 from .._sample import Exhausted, Sample
 from .._state import RunState, StopReason
 from ..policies._base import Never, StopPolicy
@@ -34,24 +35,37 @@ _DEFAULT_BOUND = StopPolicy.remaining_bound
 class LatencyModel:
     """How long a sample takes: ``ttft + tokens * per_token`` seconds, with ``concurrency`` samples in flight.
 
-    The default (all zero, one at a time) is the classic sequential setting in which
-    self-consistency methods are compared by sample counts; deadlines need a non-zero model.
+    ``concurrency`` is what :func:`~budgetctl.solve` takes: an int (most in flight), or ``"auto"``
+    (the default, or an :class:`~budgetctl.Auto`), planned at every arrival as a live run plans it.
+    Without time (all zero, the classic setting in which self-consistency methods are compared by
+    sample counts) every plan decides what one call at a time decides, and is replayed as that;
+    deadlines need a non-zero model.
     """
 
     #: Seconds to the first token.
     ttft: float = 0.0
     #: Seconds per generated token.
     per_token: float = 0.0
-    #: Samples in flight at once.
-    concurrency: int = 1
+    #: Samples in flight at once: an int, or a plan (``"auto"``, :class:`~budgetctl.Auto`).
+    concurrency: int | Auto | str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("ttft", "per_token"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"LatencyModel: {name} must be a finite number >= 0, got {value!r}")
-        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
-            raise ValueError(f"LatencyModel: concurrency must be an int >= 1, got {self.concurrency!r}")
+        try:
+            plan = parse_concurrency(self.concurrency, name="LatencyModel: concurrency")
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+        object.__setattr__(self, "concurrency", plan)
+
+    @property
+    def plan(self) -> int | Auto:
+        """The plan of calls in flight the replay follows: untimed, any plan is one call at a time."""
+        concurrency = self.concurrency
+        assert isinstance(concurrency, int | Auto)
+        return concurrency if self.timed else 1
 
     def latency(self, sample: Sample) -> float:
         """Seconds one sample takes."""
@@ -77,6 +91,9 @@ class Stop(NamedTuple):
     state: RunState
     #: Why.
     reason: StopReason
+    #: Tokens the samples in flight at the stop had decoded when they were cancelled (the model
+    #: knows them exactly; a live run estimates them: ``Result.wasted_tokens``).
+    wasted: int = 0
 
 
 class ReplaySampler:
@@ -112,7 +129,7 @@ _START, _FILL, _WAIT = range(3)
 class _Branch:
     """Orders that have drawn the same samples so far share one run, until their next draws differ."""
 
-    __slots__ = ("core", "heap", "launched", "now", "phase", "members", "active", "judged")
+    __slots__ = ("core", "heap", "launched", "now", "phase", "members", "active", "judged", "flights")
 
     def __init__(
         self,
@@ -124,6 +141,7 @@ class _Branch:
         members: list[int],
         active: list[int],
         judged: list[StopPolicy],
+        flights: Flights | None = None,
     ) -> None:
         self.core = core
         self.heap = heap
@@ -134,10 +152,18 @@ class _Branch:
         self.active = active
         #: The policies of ``active``, in the same order.
         self.judged = judged
+        #: The calls in flight and the latency estimate the run's planner reads, when launches are planned.
+        self.flights = flights
 
     def fork(self, members: list[int]) -> _Branch:
+        core = self.core.copy()
+        flights = None
+        if self.flights is not None:  # the copy plans from its own estimate
+            flights = self.flights.copy()
+            assert isinstance(core.planner, Planner)
+            core.planner = core.planner.reading(flights.latency)
         return _Branch(
-            self.core.copy(),
+            core,
             self.heap.copy(),
             self.launched,
             self.now,
@@ -145,6 +171,7 @@ class _Branch:
             members,
             self.active.copy(),
             self.judged.copy(),
+            flights,
         )
 
 
@@ -197,8 +224,26 @@ def replay_orders(
     )
     rows = drawn.tolist()
     results: list[list[Stop | None]] = [[None] * len(policies) for _ in range(len(rows))]
-    concurrency = model.concurrency
+    plan = model.plan
     ttft, per_token = model.ttft, model.per_token
+    timed = model.timed
+    flights = None if isinstance(plan, int) else Flights(LatencyEstimate(prior_latency=plan.prior_latency))
+    concurrency = plan if isinstance(plan, int) else plan.cap
+
+    def wasted(heap: list[tuple[float, int, object, float]], now: float) -> int:
+        # Tokens the calls in flight had decoded at ``now``: the model knows each one's progress.
+        total = 0
+        if not timed:  # without time a cancelled call had done nothing
+            return 0
+        for finished_at, _, item, duration in heap:
+            if not isinstance(item, Sample):
+                continue
+            ran = now - (finished_at - duration)
+            if per_token > 0:
+                total += int(min(max(ran - ttft, 0.0) / per_token, item.tokens))
+            elif ran >= ttft:
+                total += item.tokens
+        return total
 
     root_core = RunCore(
         policy=_NEVER,
@@ -208,6 +253,7 @@ def replay_orders(
         max_failures=None,
         keep_samples=False,
         concurrency=concurrency,
+        planner=None if flights is None or isinstance(plan, int) else Planner(plan, flights.latency),
     )
     # With one call at a time, every policy launches alike (a bound never stops the one call a
     # run that goes on must have); with more, a policy's bound may launch fewer: such policies
@@ -217,7 +263,7 @@ def replay_orders(
     # them is still judged must the engine be asked policy by policy.
     bounded = {p for p, policy in enumerate(policies) if type(policy).remaining_bound is not _DEFAULT_BOUND}
     everyone, all_policies = list(range(len(rows))), list(range(len(policies)))
-    pending = [_Branch(root_core, [], 0, 0.0, _START, everyone, all_policies, list(policies))]
+    pending = [_Branch(root_core, [], 0, 0.0, _START, everyone, all_policies, list(policies), flights)]
 
     def finish(branch: _Branch, stop: Stop) -> None:
         for o in branch.members:
@@ -279,16 +325,22 @@ def replay_orders(
                     else:
                         heapq.heappush(heap, (branch.now, launched, _EXHAUSTED, 0.0))
                     core.launch()
+                    if branch.flights is not None:
+                        branch.flights.launched(launched, branch.now)
                     branch.launched = launched + 1
                 branch.phase = _WAIT
-            finished_at, _, item, duration = heapq.heappop(heap)
+            finished_at, index, item, duration = heapq.heappop(heap)
             reason = core.expired(finished_at)
             if reason is not None:  # a completion at or after the limit is too late: cancelled
                 branch.now = core.limit_at
+                heapq.heappush(heap, (finished_at, index, item, duration))
+                lost = wasted(heap, core.limit_at)
                 core.cancel()
-                finish(branch, Stop(core.snapshot(core.limit_at), reason))
+                finish(branch, Stop(core.snapshot(core.limit_at), reason, lost))
                 break
             branch.now = finished_at
+            if branch.flights is not None:
+                branch.flights.arrived(index, item, duration, finished_at, final=True)
             state = core.record(item, duration, finished_at)
             verdicts = core.judge(branch.judged, state)
             if any(verdicts):
@@ -297,7 +349,7 @@ def replay_orders(
                     if reason is None:
                         still.append(p)
                     else:
-                        stop = Stop(state, reason)
+                        stop = Stop(state, reason, wasted(heap, finished_at))
                         for o in members:
                             results[o][p] = stop
                 branch.active = still

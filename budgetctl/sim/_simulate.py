@@ -156,7 +156,9 @@ class SimulationResult:
             "latency": {
                 "ttft": self.latency.ttft,
                 "per_token": self.latency.per_token,
-                "concurrency": self.latency.concurrency,
+                "concurrency": self.latency.concurrency
+                if isinstance(self.latency.concurrency, int)
+                else str(self.latency.concurrency),
             },
             "price_per_token": self.price_per_token,
             "deadlines": list(self.deadlines),
@@ -239,7 +241,7 @@ def _simulate_question(question: Question, settings: _Settings) -> _QuestionOutc
     )
     for o, stops in enumerate(runs):
         longest = 0
-        for p, (state, reason) in enumerate(stops):
+        for p, (state, reason, _) in enumerate(stops):
             correct[p, o] = is_correct(state.answer)
             samples[p, o] = state.n_samples
             tokens[p, o] = state.tokens
@@ -262,7 +264,7 @@ def _simulate_question(question: Question, settings: _Settings) -> _QuestionOutc
                 deadline=limit,
             )
             for o, stops in enumerate(timed_runs):
-                for p, (state, _) in enumerate(stops):
+                for p, (state, *_) in enumerate(stops):
                     deadline_correct[d, p, o] = is_correct(state.answer)
     return _QuestionOutcome(
         dataset=question.dataset,
