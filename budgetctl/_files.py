@@ -8,8 +8,11 @@ Every file a command writes goes through here:
 * :func:`atomic_write` and :func:`atomic_path` write to a temporary file in the output's own
   folder, flush it to disk (``fsync``), and only then ``os.replace`` it over the output, so a
   crash or an error leaves either the old file or the new one, never a torn one;
-* :func:`atomic_directory` does the same for a directory (a trained policy): it is built aside and
-  swapped in whole.
+* the file written has the permissions of the file it replaces, or, for a new file, those the
+  process's umask gives any new file (a temporary file is created private).
+
+Trained policies (directories) are written by :mod:`budgetctl.learn._artifact`, which switches
+them over in one rename of their ``policy.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ __all__ = [
     "check_output_directory",
     "atomic_write",
     "atomic_path",
-    "atomic_directory",
+    "umask",
 ]
 
 
@@ -120,6 +123,25 @@ def check_output_directory(
     return name
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where the system allows (``/proc`` on Linux)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and put back (not thread-safe; only where /proc is missing)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: str) -> int:
+    # The replaced file's permissions, or a new file's: a temporary file is created 0600.
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~umask()
+
+
 def _fsync_folder(folder: str) -> None:
     # Make the rename itself durable; not possible (nor needed) on every platform.
     with contextlib.suppress(OSError):
@@ -146,6 +168,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     try:
         yield temporary
         with open(temporary, "rb+") as stream:
+            os.fchmod(stream.fileno(), _mode_for(name))
             os.fsync(stream.fileno())
         os.replace(temporary, name)
     except BaseException:
@@ -162,7 +185,6 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:
         stream.write(payload)
 
 
-@contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str], *, force: bool = False) -> Iterator[str]:
     """Yield a fresh temporary directory beside ``path``; on success, swap it in as ``path``.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,11 @@ import pytest
 import budgetctl.cli._simulate as simulate_cli
 from budgetctl._files import (
     OutputError,
-    atomic_directory,
     atomic_path,
     atomic_write,
     check_output,
     check_output_directory,
+    umask,
 )
 from budgetctl.cli import main
 
@@ -119,20 +120,17 @@ def test_atomic_path_keeps_the_extension_for_writers_that_need_it(tmp_path: Path
     assert (tmp_path / "frontier.png").read_bytes() == b"png"
 
 
-def test_atomic_directory_swaps_whole_or_not_at_all(tmp_path: Path) -> None:
-    target = tmp_path / "policy"
-    with atomic_directory(target) as building:
-        Path(building, "policy.json").write_text("v1")
-    assert (target / "policy.json").read_text() == "v1"
-    with pytest.raises(OutputError, match="exists; pass --force"), atomic_directory(target):
-        pass
-    with pytest.raises(ValueError, match="bad artifact"), atomic_directory(target, force=True) as building:
-        Path(building, "policy.json").write_text("v2 half")
-        raise ValueError("bad artifact")  # e.g. loading it back failed
-    assert (target / "policy.json").read_text() == "v1"
-    with atomic_directory(target, force=True) as building:
-        Path(building, "policy.json").write_text("v2")
-    assert (target / "policy.json").read_text() == "v2" and os.listdir(tmp_path) == ["policy"]
+def test_atomic_writes_keep_permissions(tmp_path: Path) -> None:
+    # A new file gets what the umask gives any new file (not the temporary file's 0600) ...
+    fresh = tmp_path / "new.json"
+    atomic_write(fresh, "{}")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask()
+    # ... and a replaced file keeps its own.
+    shared = tmp_path / "shared.json"
+    shared.write_text("{}")
+    shared.chmod(0o640)
+    atomic_write(shared, "[]")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640 and shared.read_text() == "[]"
 
 
 def test_check_output_refuses_directories_and_missing_folders(tmp_path: Path) -> None:

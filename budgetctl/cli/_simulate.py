@@ -12,7 +12,7 @@ from typing import Any
 
 from .._budget import Budget
 from .._files import OutputError, atomic_write, check_outputs
-from .._plan import Auto, parse_concurrency
+from .._plan import parse_concurrency
 from .._pool import Pool, demo_pool_path, load_pool
 from ..sim import LatencyModel, simulate
 from ..sim._plot import deadline_plot_path
@@ -21,14 +21,6 @@ from . import UsageError
 
 #: What runs when no --policy is given.
 DEFAULT_POLICIES = ("fixed:n=10", "fixed:n=40", "ac:threshold=0.95", "esc:window=5", "stable:k=3")
-
-
-def _concurrency(text: str) -> int | Auto:
-    # argparse turns the ValueError into a one-line usage error naming --concurrency.
-    try:
-        return parse_concurrency(text, name="--concurrency")
-    except (TypeError, ValueError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def register(subparsers: Any) -> None:
@@ -82,7 +74,6 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--concurrency",
-        type=_concurrency,
         default="auto",
         help="samples in flight at once: N, or auto (default: planned at every arrival), auto:SPEED "
         "(0..1, cheapest, cheap, balanced, fast, fastest), auto:SPEED,max=N",
@@ -211,10 +202,13 @@ def check_arguments(args: argparse.Namespace, pools: list[str]) -> None:
         )
     if args.deadline is not None and not (math.isfinite(args.deadline) and args.deadline > 0):
         raise UsageError(f"--deadline must be a positive number of seconds, got {args.deadline}")
+    try:  # N, auto or auto:SPEED[,max=N]; one line naming the flag otherwise
+        args.concurrency = parse_concurrency(args.concurrency, name="--concurrency")
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
     for flag, count in (
         ("--orders", args.orders),
         ("--sweep-points", args.sweep_points),
-        ("--concurrency", args.concurrency),
         ("--jobs", args.jobs),
     ):
         if count is not None and count < 1:

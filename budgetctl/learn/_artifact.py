@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._files import umask
 from .._version import __version__
 from ._features import FEATURE_DOCS, FEATURE_NAMES, FEATURE_SCHEMA
 from ._models import Calibration, model_from_arrays
@@ -157,9 +158,7 @@ def save_directory(
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=parent))
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(staging, 0o777 & ~mask)  # mkdtemp's 0700 is for the staging only, not the policy
+        os.chmod(staging, 0o777 & ~umask())  # mkdtemp's 0700 is for the staging only, not the policy
         (staging / weights_name).write_bytes(weights)
         (staging / POLICY_FILE).write_text(text, encoding="utf-8")
         (staging / CARD_FILE).write_text(card(document), encoding="utf-8")
