@@ -244,6 +244,31 @@ def test_tree_model_equals_scikit_learn_and_one_row_equals_the_batch() -> None:
         np.testing.assert_array_equal(rebuilt.predict(X[:50]), model.predict(X[:50]))
 
 
+def test_tree_conversion_is_checked_against_scikit_learns_predict() -> None:
+    """The conversion reads private scikit-learn attributes: a change of them is a clear error, never a silent one."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(400, 4))
+    poisson = HistGradientBoostingRegressor(loss="poisson", max_iter=5, max_depth=3, early_stopping=False).fit(
+        X, rng.poisson(np.exp(0.5 * X[:, 0]))
+    )
+    squared = HistGradientBoostingRegressor(max_iter=5, max_depth=3, early_stopping=False).fit(X, X[:, 1])
+    model = TreeModel.from_sklearn([poisson, squared], check=X[:64])
+    np.testing.assert_allclose(np.exp(model.predict(X[:5])[:, 0]), poisson.predict(X[:5]))
+
+    class Shifted:  # the same trees, but a predict they no longer explain
+        loss = "squared_error"
+        _predictors = squared._predictors
+        _baseline_prediction = squared._baseline_prediction
+
+        def predict(self, X: np.ndarray) -> np.ndarray:
+            return np.asarray(squared.predict(X)) + 1.0
+
+    with pytest.raises(RuntimeError, match=r"does not reproduce Shifted\.predict"):
+        TreeModel.from_sklearn([Shifted()], check=X[:64])
+    with pytest.raises(RuntimeError, match=r"cannot read the trees of object.*_predictors"):
+        TreeModel.from_sklearn([object()])
+
+
 def test_linear_and_mlp_models_round_trip() -> None:
     rng = np.random.default_rng(1)
     X = rng.normal(size=(20, 3))

@@ -23,7 +23,18 @@ import math
 from .._state import RunState
 from ..policies._posterior import prob_leader_beta
 
-__all__ = ["FEATURE_SCHEMA", "FEATURE_NAMES", "FEATURE_DOCS", "state_features", "horizon_cap", "per_sample_tokens"]
+__all__ = [
+    "FEATURE_SCHEMA",
+    "FEATURE_NAMES",
+    "FEATURE_DOCS",
+    "IN_FLIGHT_SHARE",
+    "state_features",
+    "horizon_cap",
+    "call_latency",
+    "in_flight_landing",
+    "charged_samples",
+    "per_sample_tokens",
+]
 
 #: Version of the feature definitions below.
 FEATURE_SCHEMA = 1
@@ -137,12 +148,49 @@ def per_sample_tokens(state: RunState, default: float) -> float:
     return default
 
 
+#: Share of its tokens a call in flight is charged when it will come back before the deadline.
+#: It was launched already: waiting for it costs only the rest of its generation, and under a
+#: deadline it costs no time the run would otherwise have.
+IN_FLIGHT_SHARE = 0.1
+
+
+def call_latency(state: RunState) -> float | None:
+    """Seconds one sampler call takes, estimated from the run so far; ``None`` before a timed sample.
+
+    The calls run ``n_in_flight + 1`` at a time (the one just back frees its slot). While the
+    first wave is still coming back (fewer samples back than slots) every call so far ran from
+    the start, so a call takes about ``elapsed``; later, ``elapsed * slots / samples back``.
+    """
+    done = state.n_samples + state.n_failed
+    if state.elapsed <= 0 or done <= 0:
+        return None
+    slots = state.n_in_flight + 1
+    return state.elapsed * min(slots, done) / done
+
+
+def in_flight_landing(state: RunState) -> float:
+    """How many calls in flight may still come back in time: all of them while time is left, else none.
+
+    Whether one lands is not the question: waiting for it costs no time (without it the run
+    still answers by the deadline, with the same best answer) and, if it never lands, no tokens
+    either; if it lands it costs its tokens and may change the answer. So every call in flight
+    is within reach while any time is left. Without a deadline, all of them.
+    """
+    time_left = state.time_left
+    if time_left is not None and time_left <= 0:
+        return 0.0
+    return float(state.n_in_flight)
+
+
 def horizon_cap(state: RunState, sample_tokens: float) -> float:
     """The most further samples the run can still get back: budget, tokens left and the deadline.
 
     ``math.inf`` when nothing limits it. Samples in flight count (they may still vote). The deadline
-    is turned into samples at the run's observed pace (samples back per second so far); a run whose
-    samples take no time (a simulation without a latency model) is not limited by it.
+    is turned into samples at the run's pace: ``slots / latency`` samples per second (see
+    :func:`call_latency`; while the first wave is out, every slot is about to return, not one per
+    ``elapsed``), and never fewer than the calls in flight while time is left
+    (:func:`in_flight_landing`). A run whose samples take no time (a simulation without a
+    latency model) is not limited by it.
     """
     cap = math.inf
     if state.samples_left is not None:
@@ -151,9 +199,20 @@ def horizon_cap(state: RunState, sample_tokens: float) -> float:
         cap = min(cap, state.n_in_flight + math.floor(state.tokens_left / sample_tokens))
     time_left = state.time_left
     if time_left is not None:
-        done = state.n_samples + state.n_failed
-        if state.elapsed > 0 and done > 0:
-            cap = min(cap, math.floor(max(time_left, 0.0) * done / state.elapsed))
+        latency = call_latency(state)
+        if latency is not None:
+            slots = state.n_in_flight + 1
+            by_pace = math.floor(max(time_left, 0.0) * slots / latency)
+            cap = min(cap, max(by_pace, in_flight_landing(state)))
         elif time_left <= 0:
             cap = 0.0
     return cap
+
+
+def charged_samples(horizon: float, landing: float) -> float:
+    """What ``horizon`` more samples cost, in samples, when ``landing`` calls in flight will land in time.
+
+    Those calls are charged :data:`IN_FLIGHT_SHARE` of a sample each, the rest a whole one.
+    """
+    free = min(horizon, landing)
+    return free * IN_FLIGHT_SHARE + (horizon - free)

@@ -135,7 +135,8 @@ def _fit_gbm(rows: Rows, weights: np.ndarray, settings: FitSettings) -> TreeMode
         model = ensemble.HistGradientBoostingRegressor(loss="squared_error", **common)
         model.fit(X, direction[index], sample_weight=w * weight[index] + 1e-12)
         directions.append(model)
-    return TreeModel.from_sklearn(rates + directions)
+    # The conversion reads private scikit-learn attributes: it is checked against predict on a few rows.
+    return TreeModel.from_sklearn(rates + directions, check=rows.X[:64])
 
 
 def _fit_mlp(rows: Rows, weights: np.ndarray, settings: FitSettings) -> MLPModel:

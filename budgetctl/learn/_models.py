@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from .._core import describe_error
+
 __all__ = [
     "ArrayModel",
     "LinearModel",
@@ -247,16 +249,31 @@ class TreeModel:
         )
 
     @classmethod
-    def from_sklearn(cls, estimators: Sequence[Any]) -> TreeModel:
-        """Convert fitted ``HistGradientBoostingRegressor`` s (one per horizon, same number of trees)."""
+    def from_sklearn(cls, estimators: Sequence[Any], check: np.ndarray | None = None) -> TreeModel:
+        """Convert fitted ``HistGradientBoostingRegressor`` s (one per horizon, same number of trees).
+
+        scikit-learn documents no public view of a histogram-boosting model's trees (unlike
+        ``DecisionTreeRegressor.tree_``), so this reads two private attributes, ``_predictors``
+        and ``_baseline_prediction``. Both are guarded: a scikit-learn without them gets a
+        one-line error naming them, and with rows ``check`` the converted model must reproduce
+        every estimator's public ``predict`` on them (raw predictions: identity link for squared
+        error, log link for Poisson), so a change of their meaning cannot pass silently.
+        """
         trees: list[Any] = []
         baselines = []
         counts = set()
         for est in estimators:
-            predictors = [p[0] for p in est._predictors]  # one tree per iteration for a regressor
+            try:
+                predictors = [p[0] for p in est._predictors]  # one tree per iteration for a regressor
+                trees.extend(p.nodes for p in predictors)
+                baselines.append(float(np.ravel(est._baseline_prediction)[0]))
+            except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
+                raise RuntimeError(
+                    f"cannot read the trees of {type(est).__name__} ({describe_error(error)}): this scikit-learn "
+                    "changed the private _predictors/_baseline_prediction the gbm conversion reads; "
+                    "use model='linear' or the scikit-learn version budgetctl was tested with"
+                ) from error
             counts.add(len(predictors))
-            trees.extend(p.nodes for p in predictors)
-            baselines.append(float(np.ravel(est._baseline_prediction)[0]))
         if len(counts) != 1:
             raise ValueError(f"every horizon needs the same number of trees, got {sorted(counts)}")
         depth = max(1, max(int(nodes["depth"].max()) for nodes in trees))
@@ -281,7 +298,26 @@ class TreeModel:
                     threshold[t, position] = node["num_threshold"]
                     stack.append((int(node["left"]), 2 * position + 1, level + 1))
                     stack.append((int(node["right"]), 2 * position + 2, level + 1))
-        return cls(feature, threshold, leaf, np.array(baselines), counts.pop())
+        model = cls(feature, threshold, leaf, np.array(baselines), counts.pop())
+        if check is not None and len(check):
+            _check_conversion(model, estimators, np.asarray(check, dtype=float))
+        return model
+
+
+def _check_conversion(model: TreeModel, estimators: Sequence[Any], X: np.ndarray) -> None:
+    raw = model.predict(X)
+    for i, est in enumerate(estimators):
+        expected = np.asarray(est.predict(X), dtype=float)
+        got = raw[:, i]
+        if getattr(est, "loss", "squared_error") == "poisson":
+            got = np.exp(got)
+        if not np.allclose(got, expected, rtol=1e-6, atol=1e-9):
+            worst = float(np.max(np.abs(got - expected)))
+            raise RuntimeError(
+                f"the gbm conversion does not reproduce {type(est).__name__}.predict (off by up to {worst:.3g}): "
+                "this scikit-learn changed the private _predictors/_baseline_prediction it reads; "
+                "use model='linear' or the scikit-learn version budgetctl was tested with"
+            )
 
 
 class MLPModel:

@@ -15,7 +15,14 @@ from .._pool import Pool, Question, load_pool
 from .._state import RunState
 from ..policies._base import StopPolicy
 from ._dataset import Rows, build_rows
-from ._features import FEATURE_NAMES, horizon_cap, per_sample_tokens, state_features
+from ._features import (
+    FEATURE_NAMES,
+    charged_samples,
+    horizon_cap,
+    in_flight_landing,
+    per_sample_tokens,
+    state_features,
+)
 from ._fit import FitSettings, fit_calibration, fit_model, out_of_fold
 from ._models import MODEL_KINDS, ArrayModel, Calibration, combine_one
 from ._select import VALUE_GRID, choose_value, row_break_even, sweep_values
@@ -276,6 +283,11 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
         The policy stops when its value is at least this: the best predicted gain per 1,000 tokens
         over the horizons that could change the answer and that the budget and deadline still
         allow (0 when there is none).
+
+        Under a deadline, the calls in flight that will come back before it are charged only
+        :data:`~budgetctl.learn._features.IN_FLIGHT_SHARE` of their tokens: they are launched
+        already, and waiting for them costs no time the run would otherwise have. So the policy
+        does not stop and cancel samples about to land unless it predicts they cannot matter.
         """
         model = self._fitted()
         tokens = per_sample_tokens(state, self._default())
@@ -284,6 +296,7 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
         first = max(1, math.ceil(gap - 1e-9))
         if first > cap:
             return 0.0
+        landing = in_flight_landing(state) if state.time_left is not None else 0.0
         raw = model.predict_one(state_features(state)).tolist()
         calibration = self.calibration_
         horizons = self.horizons_
@@ -296,11 +309,11 @@ class LearnedStop(StopPolicy, BaseEstimator):  # type: ignore[misc]
                 if cap >= first and cap > previous_h:
                     gain = calibration.one(i, combine_one(raw, i, half))
                     at_cap = previous_gain + (gain - previous_gain) * (cap - previous_h) / (h - previous_h)
-                    best = max(best, at_cap / (cap * tokens))
+                    best = max(best, at_cap / (charged_samples(cap, landing) * tokens))
                 break
             if h >= first:
                 gain = calibration.one(i, combine_one(raw, i, half))
-                best = max(best, gain / (h * tokens))
+                best = max(best, gain / (charged_samples(h, landing) * tokens))
             else:
                 gain = 0.0
             previous_h, previous_gain = h, gain
