@@ -132,6 +132,10 @@ class Tally:
         w = self.weight(sample)
         counts = self.counts
         rank = self._rank
+        leader = self.leader
+        # Every comparison of the answer (its hash and ==) before the tally changes: an answer whose
+        # __eq__ raises is then a failed sample that left no trace in the vote.
+        is_leader = leader is None or key == leader
         if key in counts:
             new = counts[key] + w
         else:
@@ -140,8 +144,7 @@ class Tally:
             rank[key] = len(rank)
         counts[key] = new
         self.total_votes += w
-        leader = self.leader
-        if leader is None or key == leader:
+        if is_leader:
             self.leader = key
             self.leader_votes = new
         elif new > self.leader_votes or (new == self.leader_votes and rank[key] < rank[leader]):

@@ -284,7 +284,7 @@ class RunCore:
         budget has left, and zero once a limit forbids launching. A policy that has not stopped
         always gets at least one call in flight, so a bound can delay launches, never end a run.
         """
-        if self.exhausted or (self.max_failures is not None and self.n_failed > self.max_failures):
+        if self.exhausted or self.fatal or (self.max_failures is not None and self.n_failed > self.max_failures):
             return 0
         budget = self.budget
         if budget.tokens is not None and self.tokens >= budget.tokens:
@@ -531,7 +531,11 @@ class RunCore:
         if state.settled:
             return ["policy"] * len(policies)
         limit = self.limit_reason()
-        return ["policy" if policy(state) else limit for policy in policies]
+        try:
+            return ["policy" if policy(state) else limit for policy in policies]
+        except Exception as error:  # as decide() does: a policy's bug, named, with its cause
+            culprit = next((p for p in policies if _raises(p, state)), policies[0])
+            raise PolicyError(f"the stop policy {_safe_repr(culprit)} raised {describe_error(error)}") from error
 
     def time_reason(self, deadline: float | None = None) -> StopReason:
         """The reason for a stop by the clock: ``budget`` when the time budget came first, else ``deadline``."""
@@ -563,6 +567,14 @@ class RunCore:
     def finish(self, reason: StopReason, now: float, *, fallback: object = None) -> Result:
         """Event and result at once: the run ends for ``reason`` at ``now``; calls in flight are cancelled."""
         return self.result(reason, now, fallback=fallback, n_cancelled=self.cancel())
+
+
+def _raises(policy: StopPolicy, state: RunState) -> bool:
+    try:
+        policy(state)
+    except Exception:
+        return True
+    return False
 
 
 def _safe_repr(value: object) -> str:

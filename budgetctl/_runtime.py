@@ -326,11 +326,13 @@ class Run:
             )
 
     def _close(self) -> None:
-        if self._result is None:
-            # Left early (or cancelled from outside): the best so far is still the result.
-            self._finish(self._core.time_reason(), anyio.current_time())
-        if self._trace is not None:
-            self._trace.close()
+        try:
+            if self._result is None:
+                # Left early (or cancelled from outside): the best so far is still the result.
+                self._finish(self._core.time_reason(), anyio.current_time())
+        finally:  # a failing trace write in _finish must not leave the trace file open
+            if self._trace is not None:
+                self._trace.close()
 
     async def _run_to_end(self) -> Result:
         # What ``async with run: await run.wait()`` does, with the engine in the caller's own task:

@@ -167,6 +167,19 @@ PARSER = Sybil(
 )
 
 
+def _checkout_entries() -> list[Path]:
+    # The top-level entries git tracks (a user's own frontier.png beside README.md is not part of
+    # the layout the docs assume); every entry where this is no git checkout.
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
+        ).stdout.decode()
+    except (OSError, subprocess.SubprocessError):
+        return list(ROOT.iterdir())
+    names = {path.split("/", 1)[0] for path in listed.split("\0") if path}
+    return [ROOT / name for name in sorted(names) if (ROOT / name).exists()]
+
+
 def scratch_repository(base: Path) -> Path:
     """A directory laid out like a clone, with ``../shared`` beside it.
 
@@ -175,7 +188,7 @@ def scratch_repository(base: Path) -> Path:
     """
     work = base / "repo"
     work.mkdir()
-    for entry in ROOT.iterdir():
+    for entry in _checkout_entries():
         if entry.name in WRITTEN_FOLDERS:
             shutil.copytree(entry, work / entry.name)
         elif entry.name not in (".git", ".venv") and not entry.name.startswith("."):

@@ -201,3 +201,47 @@ def test_the_readme_example_makes_at_most_40_calls_when_no_answer_repeats() -> N
     result, sampler = run_virtual(main)
     assert result.stop_reason == "policy" and result.n_samples == 40
     assert sampler.calls == 40
+
+
+def test_a_fatal_failure_leaves_no_room_to_launch() -> None:
+    core = RunCore(policy=MaxSamples(10), concurrency=4)
+    assert core.start(0.0) is None and core.fill() == 4
+    core.outcome(bc.FatalSamplerError("404"), 0.1, 0.1)
+    assert core.fatal and core.room() == 0 and core.fill() == 0
+
+
+def test_judging_a_policy_that_raises_names_it_as_decide_does() -> None:
+    import pytest
+
+    from budgetctl.policies import PolicyError, as_policy
+
+    def broken(state: bc.RunState) -> bool:
+        raise ZeroDivisionError("no")
+
+    core = RunCore(policy=MaxSamples(3))
+    core.start(0.0)
+    core.fill()
+    core.outcome(bc.Sample(answer="a"), 0.1, 0.1)
+    with pytest.raises(PolicyError, match="broken") as info:
+        core.judge([MaxSamples(5), as_policy(broken)], core.state)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_an_answer_whose_comparison_raises_leaves_the_vote_untouched() -> None:
+    class Touchy:
+        def __hash__(self) -> int:
+            return 1
+
+        def __eq__(self, other: object) -> bool:
+            if other is self:
+                return True
+            raise ValueError("cannot compare")
+
+    core = RunCore(policy=MaxSamples(5))
+    core.start(0.0)
+    core.fill()
+    core.outcome(bc.Sample(answer="a"), 0.1, 0.1)
+    before = dict(core.state.counts)
+    core.fill()
+    core.outcome(bc.Sample(answer=Touchy()), 0.2, 0.2)
+    assert dict(core.state.counts) == before and core.n_failed == 1 and core.state.total_votes == 1

@@ -246,6 +246,15 @@ async def test_client_errors_are_fatal_and_not_retried(status: int, check: str) 
     assert isinstance(info.value.__cause__, openai.APIStatusError)
 
 
+async def test_a_404_for_an_unknown_prompt_does_not_blame_the_url() -> None:
+    unknown = httpx.Response(404, json={"error": {"message": "no question of the replayed pool matches this prompt"}})
+    server = FakeServer(unknown)
+    async with client_for(server) as client:
+        with pytest.raises(bc.FatalSamplerError) as info:
+            await openai_chat(client, "m", "q", retry=FAST)()
+    assert "no answer for this prompt" in str(info.value) and "check the base URL" not in str(info.value)
+
+
 async def test_retries_give_up_after_their_attempts() -> None:
     server = FakeServer(error(500))
     async with client_for(server) as client:

@@ -146,7 +146,12 @@ def fatal_error(error: BaseException) -> FatalSamplerError | None:
     if status in _FATAL_STATUS:
         said = str(getattr(error, "message", "") or error)
         said = said if len(said) <= 300 else said[:297] + "..."
-        return FatalSamplerError(f"{_url(error)} answered {status} ({said}); {_FATAL_STATUS[status]}")
+        hint = _FATAL_STATUS[status]
+        if status == 404 and "prompt" in said.lower():
+            # The server found the URL and the model but not what was asked (budgetctl serve's replay
+            # answers so for a question outside its pool): the URL is not what to check.
+            hint = "the server has no answer for this prompt (a replay server answers only its pool's questions)"
+        return FatalSamplerError(f"{_url(error)} answered {status} ({said}); {hint}")
     if status is None and _is_connection_error(error):
         causes = _causes(error)
         if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
