@@ -60,6 +60,17 @@ def is_user_error(error: BaseException) -> bool:
     return False
 
 
+def warn_skipped(command: str, skipped: Sequence[tuple[str, int, str]]) -> None:
+    """Say on stderr how many malformed pool lines were skipped (``--skip-bad``), naming the first by file:line."""
+    if skipped:
+        path, line, reason = skipped[0]
+        print(
+            f"budgetctl {command}: warning: skipped {len(skipped)} malformed line(s), "
+            f"the first {path}:{line}: {reason}",
+            file=sys.stderr,
+        )
+
+
 def _closest(word: str, choices: Sequence[str], *, cutoff: float) -> list[str]:
     """The close matches worth suggesting: the best, and any other about as close (never a far second)."""
     close = difflib.get_close_matches(word, choices, n=3, cutoff=cutoff)

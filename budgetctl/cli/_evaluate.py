@@ -69,7 +69,7 @@ def format_gains(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the policy and print (or write) the report."""
-    from ..cli import UsageError
+    from ..cli import UsageError, warn_skipped
 
     for flag, number in (("--orders", args.orders), ("--feature-orders", args.feature_orders)):
         if number < 1:
@@ -101,13 +101,7 @@ def run(args: argparse.Namespace) -> int:
             )
         policy = learned = learned.set_params(value=_value(args.value))
     pool = load_pool(args.pools, datasets=args.dataset, skip_bad=args.skip_bad)
-    if pool.skipped:
-        path, line, reason = pool.skipped[0]
-        print(
-            f"budgetctl evaluate: warning: skipped {len(pool.skipped)} malformed line(s), the first {path}:{line}: "
-            f"{reason}",
-            file=sys.stderr,
-        )
+    warn_skipped("evaluate", pool.skipped)
     from ..learn._artifact import in_sample_warning
 
     warning = in_sample_warning(args.policy, pool.files)

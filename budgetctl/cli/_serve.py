@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
+    from ..cli import UsageError, warn_skipped
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {args.port}")
@@ -72,13 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     if not is_loopback(args.host):
         print(f"budgetctl serve: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
-    skipped = server.pool.skipped
-    if skipped:
-        path, line, reason = skipped[0]
-        print(
-            f"budgetctl serve: warning: skipped {len(skipped)} malformed line(s), the first {path}:{line}: {reason}",
-            file=sys.stderr,
-        )
+    warn_skipped("serve", server.pool.skipped)
     duplicates = server.index.duplicates
     if duplicates:
         print(

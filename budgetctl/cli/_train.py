@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
-import sys
 from typing import Any
 
 __all__ = ["register"]
@@ -131,7 +130,7 @@ def command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     """Train, measure on the held-out questions, and write the artifact."""
     from .._files import OutputError, check_output_directory
-    from ..cli import UsageError
+    from ..cli import UsageError, warn_skipped
 
     if not 0.0 <= args.max_loss < 1.0:
         raise UsageError(f"--max-loss must be in [0, 1), got {args.max_loss}")
@@ -164,13 +163,7 @@ def run(args: argparse.Namespace) -> int:
     from ..learn._split import split_questions
 
     pool = load_pool(args.pools, datasets=args.dataset, skip_bad=args.skip_bad)
-    if pool.skipped:
-        path, line, reason = pool.skipped[0]
-        print(
-            f"budgetctl train: warning: skipped {len(pool.skipped)} malformed line(s), "
-            f"the first {path}:{line}: {reason}",
-            file=sys.stderr,
-        )
+    warn_skipped("train", pool.skipped)
     train, held = split_questions(pool.questions, args.holdout, seed=args.seed)
     policy = LearnedStop(
         value=value,  # type: ignore[arg-type]
@@ -254,7 +247,7 @@ def task_command_line(args: argparse.Namespace) -> str:
 
 def run_tasks(args: argparse.Namespace) -> int:
     """Per task: rules and learned risk tables on the same folds, the best shipped, one artifact for all tasks."""
-    from ..cli import UsageError
+    from ..cli import UsageError, warn_skipped
     from ..learn._tune import DEFAULT_FOLDS, DEFAULT_ORDERS
 
     args.orders = DEFAULT_ORDERS if args.orders is None else args.orders
@@ -269,13 +262,7 @@ def run_tasks(args: argparse.Namespace) -> int:
     from ..learn._votes import build_trajectories
 
     pool = load_pool(args.pools, datasets=args.dataset, skip_bad=args.skip_bad)
-    if pool.skipped:
-        path, line, reason = pool.skipped[0]
-        print(
-            f"budgetctl train: warning: skipped {len(pool.skipped)} malformed line(s), "
-            f"the first {path}:{line}: {reason}",
-            file=sys.stderr,
-        )
+    warn_skipped("train", pool.skipped)
     tasks: dict[str, list[Any]] = {}
     for question in pool.questions:
         tasks.setdefault(question.dataset, []).append(question)
