@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 from .._optional import import_optional
 from .._state import Result
 from .._version import __version__
-from ._request import ProxyRequest, _content_text
+from ..serve._requests import content_text
+from ._request import ProxyRequest
 
 __all__ = ["RequestSpan", "SampleSpan", "Telemetry"]
 
@@ -66,7 +67,7 @@ def _input_messages(request: ProxyRequest) -> str:
     if not request.chat:
         return json.dumps([{"role": "user", "parts": [{"type": "text", "content": request.prompt_text}]}])
     messages = [
-        {"role": message.get("role"), "parts": [{"type": "text", "content": _content_text(message.get("content"))}]}
+        {"role": message.get("role"), "parts": [{"type": "text", "content": content_text(message.get("content"))}]}
         for message in request.upstream_body["messages"]
     ]
     return json.dumps(messages, default=str)

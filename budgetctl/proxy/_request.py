@@ -16,20 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..serve._requests import BadRequest, message_texts, prompt_of, stream_settings
+
 __all__ = ["BadRequest", "ProxyRequest", "parse_request", "Defaults"]
 
 #: The most a request may ask for, whatever its ``budgetctl`` object says.
 MAX_DEADLINE = 3600.0
 MAX_SAMPLES = 1024
 MAX_META_BYTES = 4096
-
-
-class BadRequest(Exception):
-    """A request the proxy refuses with 400; names the parameter."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,49 +75,24 @@ def _number(options: Mapping[str, Any], name: str, low: float, high: float, *, i
     return value
 
 
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def parse_request(body: Any, *, chat: bool, defaults: Defaults) -> ProxyRequest:
     """Check a completion request and split it into the upstream body and the run's settings."""
-    if not isinstance(body, dict):
-        raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a string", "model")
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            raise BadRequest("'messages' must be a non-empty list of message objects", "messages")
-        texts = [_content_text(m.get("content")) for m in messages]
-        users = [_content_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    body, model, asked = prompt_of(body, chat=chat)
+    if isinstance(asked, list):
+        texts = message_texts(asked)
+        users = message_texts(asked, role="user")
         prompt_text = users[-1] if users else texts[-1]
         prompt_chars = sum(len(t) for t in texts)
-        everything = json.dumps(messages, sort_keys=True, default=str)
+        everything = json.dumps(asked, sort_keys=True, default=str)
     else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise BadRequest("'prompt' must be a string (one prompt per request)", "prompt")
-        prompt_text = everything = prompt
-        prompt_chars = len(prompt)
+        prompt_text = everything = asked
+        prompt_chars = len(asked)
     n = body.get("n", 1)
     if n not in (1, None) or isinstance(n, bool):
         raise BadRequest(
             f"'n' must be 1: the proxy samples as the policy says and answers with one choice, got {n!r}", "n"
         )
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest(f"'stream' must be true or false, got {stream!r}", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise BadRequest("'stream_options' must be an object", "stream_options")
+    stream, options = stream_settings(body)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise BadRequest(f"'max_tokens' must be an integer >= 1, got {max_tokens!r}", "max_tokens")

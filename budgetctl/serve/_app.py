@@ -22,9 +22,9 @@ from ._replay import (
     ServerStats,
     estimate_tokens,
     is_probe,
-    message_texts,
     probe_pieces,
 )
+from ._requests import BadRequest, message_texts, prompt_of, stream_settings
 
 import_optional("starlette", "serve", "the replay server (budgetctl serve)")
 
@@ -37,12 +37,6 @@ from starlette.types import Message, Receive, Scope, Send  # noqa: E402
 __all__ = ["ReplayServer"]
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 410: "samples_exhausted"}
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass
@@ -64,43 +58,26 @@ def _int_param(body: Mapping[str, Any], name: str, low: int, high: int | None = 
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"between {low} and {high}"
-        raise _BadRequest(f"'{name}' must be an integer {bounds}, got {value!r}", name)
+        raise BadRequest(f"'{name}' must be an integer {bounds}, got {value!r}", name)
     return value
 
 
 def _parse(body: Any, chat: bool) -> _Params:
-    if not isinstance(body, dict):
-        raise _BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _BadRequest("'model' is required and must be a string", "model")
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            raise _BadRequest("'messages' must be a non-empty list of message objects", "messages")
-        prompts = message_texts(messages, role="user")
-        every = message_texts(messages)
+    body, model, asked = prompt_of(body, chat=chat)
+    if isinstance(asked, list):
+        prompts = message_texts(asked, role="user")
+        every = message_texts(asked)
         last_text = every[-1] if every else ""
         prompt_text = "\n".join(every)
     else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise _BadRequest("'prompt' must be a string (one prompt per request)", "prompt")
-        prompts = [prompt]
-        last_text = prompt_text = prompt
+        prompts = [asked]
+        last_text = prompt_text = asked
     n = _int_param(body, "n", 1, 128) or 1
     max_tokens = _int_param(body, "max_completion_tokens", 1) or _int_param(body, "max_tokens", 1)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _BadRequest(f"'stream' must be true or false, got {stream!r}", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise _BadRequest("'stream_options' must be an object", "stream_options")
+    stream, options = stream_settings(body)
     logprobs = body.get("logprobs")
     if chat and logprobs is not None and not isinstance(logprobs, bool):
-        raise _BadRequest(f"'logprobs' must be true or false, got {logprobs!r}", "logprobs")
+        raise BadRequest(f"'logprobs' must be true or false, got {logprobs!r}", "logprobs")
     if not chat:
         _int_param(body, "logprobs", 0, 20)
     return _Params(
@@ -243,9 +220,9 @@ class ReplayServer:
             try:
                 body = loads_json(raw, self.limits)
             except JSONLimitError as error:
-                raise _BadRequest(str(error)) from None
+                raise BadRequest(str(error)) from None
             params = _parse(body, chat)
-        except _BadRequest as error:
+        except BadRequest as error:
             stats.rejected += 1
             return _error(400, str(error), error.param)
         question = self.index.find(params.prompts, params.model)

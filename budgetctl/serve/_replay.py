@@ -10,11 +10,12 @@ import random
 import re
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Literal
 
 from .._pool import Question
 from .._sample import Sample
 from ._limits import BytesLRU
+from ._requests import message_texts
 
 __all__ = [
     "ServerStats",
@@ -143,23 +144,6 @@ def token_logprobs(sample: Sample, count: int) -> list[float] | None:
     else:
         return None
     return [total / max(sample.tokens, 1)] * count
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return ""
-
-
-def message_texts(messages: Sequence[Any], role: str | None = None) -> list[str]:
-    """The text of each message (of ``role``, when given), in order."""
-    return [
-        _content_text(m.get("content"))
-        for m in messages
-        if isinstance(m, dict) and (role is None or m.get("role") == role)
-    ]
 
 
 def is_probe(text: str) -> bool:
