@@ -11,13 +11,14 @@ folds in seconds. A test checks the replay against :func:`budgetctl.simulate`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._aggregate import normalize_answer
 from .._pool import Question
+from ..sim._reference import running_votes
 from ..sim._simulate import orders_for
 
 __all__ = ["Trajectories", "build_trajectories"]
@@ -72,23 +73,9 @@ class Trajectories:
 def _one(question: Question, n_orders: int, seed: int) -> tuple[np.ndarray, ...]:
     samples = question.samples
     n = len(samples)
-    keys: dict[Hashable, int] = {}
-    classes = np.empty(n, dtype=np.int64)
-    for i, s in enumerate(samples):
-        key = None if s.answer is None else normalize_answer(s.answer)
-        classes[i] = -1 if key is None else keys.setdefault(key, len(keys))
-    k = max(len(keys), 1)
-    correct_class = np.zeros(k, dtype=bool)
-    for key, index in keys.items():
-        correct_class[index] = key in question.correct_keys
     orders = orders_for(question, n_orders, seed)
-    drawn = classes[orders]  # (O, N)
-    onehot = drawn[:, :, None] == np.arange(k)[None, None, :]
-    counts = np.cumsum(onehot, axis=1, dtype=np.int32)  # (O, N, K)
-    first_seen = np.where(onehot.any(axis=1), np.argmax(onehot, axis=1), n)[:, None, :]
-    score = counts.astype(np.int64) * (n + 1) - first_seen
-    leader_class = np.argmax(score, axis=2)
-    voted = counts.max(axis=2) > 0
+    drawn, counts, leader_class, voted, correct_class = running_votes(question, orders, normalize_answer)
+    k = counts.shape[2]
     ordered = np.sort(counts, axis=2)
     leader = ordered[:, :, -1]
     runner_up = ordered[:, :, -2] if k > 1 else np.zeros_like(leader)

@@ -10,12 +10,52 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from .._pool import Question
 
-__all__ = ["QuestionReference", "reference"]
+__all__ = ["QuestionReference", "RunningVotes", "reference", "running_votes"]
+
+
+class RunningVotes(NamedTuple):
+    """The running majority vote of one question over draw orders (``O`` orders of ``N`` samples)."""
+
+    #: drawn[o, t]: the answer class of the t-th sample drawn (-1: abstained).
+    drawn: np.ndarray
+    #: counts[o, t, k]: votes for class k after t+1 samples.
+    counts: np.ndarray
+    #: leader[o, t]: the leading class (most votes; among equals, the one seen first).
+    leader: np.ndarray
+    #: voted[o, t]: has any sample voted yet?
+    voted: np.ndarray
+    #: correct_class[k]: is class k a right answer?
+    correct_class: np.ndarray
+
+
+def running_votes(
+    question: Question, orders: np.ndarray, normalize: Callable[[Hashable], Hashable]
+) -> RunningVotes:
+    """The running majority of ``question`` along each row of ``orders``, with the run core's tie rule."""
+    samples = question.samples
+    n = orders.shape[1]
+    keys: dict[Hashable, int] = {}
+    classes = np.empty(len(samples), dtype=np.int64)
+    for i, s in enumerate(samples):
+        key = None if s.answer is None else normalize(s.answer)
+        classes[i] = -1 if key is None else keys.setdefault(key, len(keys))
+    k = max(len(keys), 1)
+    correct_class = np.zeros(k, dtype=bool)
+    for key, index in keys.items():
+        correct_class[index] = key in question.correct_keys
+    drawn = classes[orders]  # (O, N)
+    onehot = drawn[:, :, None] == np.arange(k)[None, None, :]  # (O, N, K)
+    counts = np.cumsum(onehot, axis=1, dtype=np.int32)
+    first_seen = np.where(onehot.any(axis=1), np.argmax(onehot, axis=1), n)[:, None, :]  # (O, 1, K)
+    # Leader: most votes; among equals, the answer seen first (the tally's rule, Counter's too).
+    score = counts.astype(np.int64) * (n + 1) - first_seen
+    return RunningVotes(drawn, counts, np.argmax(score, axis=2), counts.max(axis=2) > 0, correct_class)
 
 
 @dataclass(frozen=True)
@@ -44,26 +84,10 @@ def reference(question: Question, orders: np.ndarray, normalize: Callable[[Hasha
     """Reference arrays of ``question`` for each row of ``orders`` (permutations of its sample indices)."""
     samples = question.samples
     n_orders, n = orders.shape
-    keys: dict[Hashable, int] = {}
-    classes = np.empty(len(samples), dtype=np.int64)
-    for i, s in enumerate(samples):
-        key = None if s.answer is None else normalize(s.answer)
-        classes[i] = -1 if key is None else keys.setdefault(key, len(keys))
-    correct_class = np.zeros(max(len(keys), 1), dtype=bool)
-    for key, index in keys.items():
-        correct_class[index] = key in question.correct_keys
+    _, _, leader, voted, correct_class = running_votes(question, orders, normalize)
     sample_correct = np.array([question.is_correct(s.answer) for s in samples], dtype=bool)
     sample_tokens = np.array([s.tokens for s in samples], dtype=np.int64)
 
-    drawn = classes[orders]  # (O, N)
-    k = max(len(keys), 1)
-    onehot = drawn[:, :, None] == np.arange(k)[None, None, :]  # (O, N, K)
-    counts = np.cumsum(onehot, axis=1, dtype=np.int32)
-    first_seen = np.where(onehot.any(axis=1), np.argmax(onehot, axis=1), n)[:, None, :]  # (O, 1, K)
-    # Leader: most votes; among equals, the answer seen first (the tally's rule, Counter's too).
-    score = counts.astype(np.int64) * (n + 1) - first_seen
-    leader = np.argmax(score, axis=2)  # (O, N)
-    voted = counts.max(axis=2) > 0
     majority_correct = voted & correct_class[leader]
 
     tokens = np.cumsum(sample_tokens[orders], axis=1)
