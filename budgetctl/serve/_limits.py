@@ -18,6 +18,7 @@ Everything here answers in OpenAI's error format (``{"error": {"message", "type"
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import resource
@@ -30,6 +31,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from .._optional import import_optional
+from ._memory import BurstWatch, malloc_trim
 
 __all__ = [
     "ServerLimits",
@@ -243,20 +245,79 @@ class LimitedApp:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+_NO_CONTEXT = contextvars.Context()
+#: Seconds after a burst's connections close before the heap is trimmed.
+_TRIM_DELAY = 1.0
+
+
 def _protocol_class(limits: ServerLimits) -> type:
     """uvicorn's h11 protocol, with a header deadline and a connection cap that evicts the longest idle."""
+    import h11
+    from uvicorn.protocols.http.flow_control import FlowControl
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     cap = limits.connections
     header_timeout = limits.header_timeout
+    burst = BurstWatch()
+    trim_pending = False
+
+    def trim_after_burst(protocol: Any) -> None:
+        # Called as a connection closes: once a burst has passed, trim the heap a second later
+        # (once for all the connections closing together), with whatever is open then.
+        nonlocal trim_pending
+        if trim_pending or not burst.due:
+            return
+        trim_pending = True
+        connections = protocol.connections
+
+        def trim() -> None:
+            nonlocal trim_pending
+            trim_pending = False
+            malloc_trim()
+            burst.trimmed(len(connections))
+
+        protocol.loop.call_later(_TRIM_DELAY, trim, context=_NO_CONTEXT)
 
     class HardenedH11Protocol(H11Protocol):
         _idle_since: float | None = None
         _header_timer: Any = None
+        _armed_for: Any = None
+        _h11: Any = None
+        _flow: Any = None
+
+        # The h11 parser and the flow control (with its asyncio.Event) are about a third of what an
+        # open connection holds; a connection that has sent nothing needs neither, so both are made
+        # on first use. uvicorn makes them eagerly; they are dropped at once (freed before the next
+        # connection is accepted, so a storm of idle connections leaves no scattered survivors).
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._h11 = None
+
+        @property
+        def conn(self) -> Any:
+            if self._h11 is None:
+                self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+            return self._h11
+
+        @conn.setter
+        def conn(self, value: Any) -> None:
+            self._h11 = value
+
+        @property
+        def flow(self) -> Any:
+            if self._flow is None and self.transport is not None:
+                self._flow = FlowControl(self.transport)
+            return self._flow
+
+        @flow.setter
+        def flow(self, value: Any) -> None:
+            self._flow = value
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self._flow = None
             self._arm_header_timer()
+            burst.opened(len(self.connections))
             if len(self.connections) > cap:
                 others: list[Any] = [c for c in self.connections if c is not self]
                 idle = [c for c in others if getattr(c, "_idle_since", None) is not None]
@@ -267,14 +328,15 @@ def _protocol_class(limits: ServerLimits) -> type:
             self._idle_since = self.loop.time()
             if self._header_timer is not None:
                 self._header_timer.cancel()
-            armed_for = self.cycle
-            self._header_timer = self.loop.call_later(header_timeout, self._header_deadline, armed_for)
+            self._armed_for = self.cycle
+            # The callback needs no context variables: one shared empty context, not a copy per timer.
+            self._header_timer = self.loop.call_later(header_timeout, self._header_deadline, context=_NO_CONTEXT)
 
-        def _header_deadline(self, armed_for: Any) -> None:
+        def _header_deadline(self) -> None:
             # Closes the connection unless a request's headers arrived since the timer was armed;
             # bytes trickling in do not postpone it (that is the slowloris attack).
             self._header_timer = None
-            if self.cycle is armed_for:
+            if self.cycle is self._armed_for:
                 self._drop()
 
         def _drop(self) -> None:
@@ -284,6 +346,10 @@ def _protocol_class(limits: ServerLimits) -> type:
             self._idle_since = None
             if not self.transport.is_closing():
                 self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            burst.read(len(data))
+            super().data_received(data)
 
         def handle_events(self) -> None:
             before = self.cycle
@@ -301,7 +367,9 @@ def _protocol_class(limits: ServerLimits) -> type:
                 self._header_timer.cancel()
                 self._header_timer = None
             self._idle_since = None
+            self._armed_for = None
             super().connection_lost(exc)
+            trim_after_burst(self)
 
     return HardenedH11Protocol
 
