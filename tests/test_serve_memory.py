@@ -23,7 +23,7 @@ from uvicorn.server import ServerState
 
 from budgetctl.serve import ReplayServer
 from budgetctl.serve._limits import ServerLimits, server_config
-from budgetctl.serve._memory import BurstWatch, malloc_trim
+from budgetctl.serve._memory import BurstWatch, malloc_trim, trim_available
 
 QUESTION = "Q-memory: What is two plus two?"
 
@@ -101,4 +101,15 @@ def test_malloc_trim_runs_where_glibc_has_it() -> None:
     import sys
 
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert trim_available() is expected
     assert malloc_trim() is expected
+
+
+@given(st.integers(1, 20_000))
+def test_the_accept_batch_leaves_descriptors_for_the_connections_it_evicts(cap: int) -> None:
+    # asyncio accepts up to a backlog of connections at once; the idle ones they evict close after the batch.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    config = server_config(app, host="127.0.0.1", port=0, limits=ServerLimits(max_connections=cap))
+    assert 1 <= config.backlog <= max(16, cap // 2)

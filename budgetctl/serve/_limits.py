@@ -11,7 +11,10 @@ What a hostile or broken client on the network can do to an HTTP server, and wha
   ``max_connections`` open connections, closes the longest-idle one to make room for a new client;
 - hostile JSON (nested 100,000 deep, a 5,000-digit integer, ``NaN``): :func:`loads_json` raises
   :class:`JSONLimitError`, answered 400, before the value reaches any handler;
-- unbounded caches: :class:`BytesLRU` holds at most ``max_bytes`` of keys and values.
+- unbounded caches: :class:`BytesLRU` holds at most ``max_bytes`` of keys and values;
+- memory kept after a storm: a connection that has sent nothing holds no h11 parser or flow
+  control (made on its first byte), and after a burst of connections or request bytes the C heap's
+  free memory is handed back to the OS (:mod:`budgetctl.serve._memory`).
 
 Everything here answers in OpenAI's error format (``{"error": {"message", "type", "param", "code"}}``).
 """
@@ -31,7 +34,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from .._optional import import_optional
-from ._memory import BurstWatch, malloc_trim
+from ._memory import BurstWatch, malloc_trim, trim_available
 
 __all__ = [
     "ServerLimits",
@@ -246,7 +249,7 @@ class LimitedApp:
 
 
 _NO_CONTEXT = contextvars.Context()
-#: Seconds after a burst's connections close before the heap is trimmed.
+#: Seconds without a closing connection, after a burst, before the heap is trimmed.
 _TRIM_DELAY = 1.0
 
 
@@ -259,24 +262,26 @@ def _protocol_class(limits: ServerLimits) -> type:
     cap = limits.connections
     header_timeout = limits.header_timeout
     burst = BurstWatch()
-    trim_pending = False
+    trim_available()  # look malloc_trim up now, not in the event loop under load
+    trim_timer: Any = None
 
     def trim_after_burst(protocol: Any) -> None:
-        # Called as a connection closes: once a burst has passed, trim the heap a second later
-        # (once for all the connections closing together), with whatever is open then.
-        nonlocal trim_pending
-        if trim_pending or not burst.due:
+        # Called as a connection closes: after a burst, trim the heap once the burst has passed,
+        # i.e. a second after the last of its connections closed (each close postpones the trim).
+        nonlocal trim_timer
+        if not burst.due:
             return
-        trim_pending = True
+        if trim_timer is not None:
+            trim_timer.cancel()
         connections = protocol.connections
 
         def trim() -> None:
-            nonlocal trim_pending
-            trim_pending = False
+            nonlocal trim_timer
+            trim_timer = None
             malloc_trim()
             burst.trimmed(len(connections))
 
-        protocol.loop.call_later(_TRIM_DELAY, trim, context=_NO_CONTEXT)
+        trim_timer = protocol.loop.call_later(_TRIM_DELAY, trim, context=_NO_CONTEXT)
 
     class HardenedH11Protocol(H11Protocol):
         _idle_since: float | None = None
@@ -389,7 +394,11 @@ def server_config(
     h11 with the hardened protocol, ``limits.keep_alive_timeout`` for idle keep-alive connections,
     ``limits.max_header_bytes`` for a request head, and uvicorn's ``limit_concurrency`` just above
     the connection cap (the eviction keeps connections at the cap, so requests are not refused 503
-    for idle neighbours; tasks stay bounded). ``lifespan="on"`` for an app with startup and shutdown.
+    for idle neighbours; tasks stay bounded). The listen backlog is half the cap: asyncio accepts up
+    to a backlog's worth of connections at once and the descriptors of the idle ones they evict
+    close only afterwards, so cap + backlog must stay under the descriptor limit (with a backlog of
+    the whole cap, 1,000 idle connections at ``ulimit -n 256`` ran out of descriptors, and each time
+    asyncio stopped accepting for a second). ``lifespan="on"`` for an app with startup and shutdown.
     """
     uvicorn = import_optional("uvicorn", "serve", purpose)
     limits = limits or ServerLimits()
@@ -407,7 +416,7 @@ def server_config(
         timeout_keep_alive=max(1, math.ceil(limits.keep_alive_timeout)),
         h11_max_incomplete_event_size=limits.max_header_bytes,
         limit_concurrency=limits.connections + 1,
-        backlog=min(2048, limits.connections),
+        backlog=max(16, min(2048, limits.connections // 2)),
     )
 
 

@@ -10,17 +10,25 @@ Only on Linux with glibc; elsewhere :func:`malloc_trim` does nothing and says so
 from __future__ import annotations
 
 import ctypes
-import platform
+import os
 import sys
 from collections.abc import Callable
 from functools import cache
 
-__all__ = ["malloc_trim", "BurstWatch"]
+__all__ = ["malloc_trim", "trim_available", "BurstWatch"]
+
+
+def _glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (ValueError, OSError):
+        return False
 
 
 @cache
 def _trim_function() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    # os.confstr (what platform.libc_ver() also asks first): no file is read.
+    if not sys.platform.startswith("linux") or not _glibc():
         return None
     try:
         function = ctypes.CDLL(None).malloc_trim
@@ -32,7 +40,11 @@ def _trim_function() -> Callable[[int], int] | None:
 
 
 def malloc_trim() -> bool:
-    """Return the C heap's free memory to the OS (glibc ``malloc_trim(0)``); False where there is no such call."""
+    """Return the C heap's free memory to the OS (glibc ``malloc_trim(0)``); False where there is no such call.
+
+    The first call looks the function up; :func:`_protocol_class` does it when a server starts, not
+    on the event loop under load.
+    """
     function = _trim_function()
     if function is None:
         return False
@@ -72,3 +84,8 @@ class BurstWatch:
         """The heap was trimmed with ``open_now`` connections open: start counting afresh."""
         self._peak = open_now
         self._bytes = 0
+
+
+def trim_available() -> bool:
+    """Whether :func:`malloc_trim` can trim here (Linux with glibc); the look-up is done once and kept."""
+    return _trim_function() is not None
