@@ -148,8 +148,10 @@ def test_bounds_change_no_answer_when_calls_complete_in_launch_order(
     # Every sample takes the same time, so calls complete in launch order: bounded and unbounded
     # runs see the same samples in the same order and stop on the same one. (The same policy as a
     # plain function has no bound.) Unbeatable reads samples_left and n_in_flight, which launching
-    # less changes, so it is left out here.
-    if "Unbeatable" in repr(policy):
+    # less changes, so it is left out here; so are negations, which may stop before any sample,
+    # on the event of a launch that found the pool exhausted (an event only the run that launched
+    # more sees).
+    if "Unbeatable" in repr(policy) or "~" in repr(policy):
         return
     samples = [bc.Sample(answer=a, tokens=t) for a, t in answers]
     order = list(range(len(samples)))

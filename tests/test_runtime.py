@@ -8,6 +8,7 @@ busy machine. The asyncio checks only bound real time loosely, to catch a run th
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import random
 from collections.abc import AsyncIterator, Hashable, Sequence
@@ -650,3 +651,22 @@ def test_the_deadline_counts_from_the_call_to_solve_and_to_open_run() -> None:
     waited, solved, held, result = run_virtual(main)
     assert waited == solved.elapsed == 2.0
     assert held == result.elapsed == 2.0 and result.stop_reason == "deadline"
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_ID", default="unset")
+
+
+async def test_a_sampler_sees_the_callers_context_variables() -> None:
+    # Calls run in the event loop's call host, but in a copy of the caller's context (tracing ids).
+    seen: list[str] = []
+
+    async def sampler() -> Sample:
+        seen.append(REQUEST_ID.get())
+        return Sample(answer="a", tokens=1)
+
+    token = REQUEST_ID.set("request 7")
+    try:
+        await bc.solve(sampler, policy=MaxSamples(2), concurrency=2)
+    finally:
+        REQUEST_ID.reset(token)
+    assert seen == ["request 7", "request 7"]
