@@ -145,6 +145,7 @@ class RunCore:
         "leader_streak",
         "answer_run",
         "first_tokens",
+        "wasted_tokens",
         "exhausted",
         "fatal",
         "_last_key",
@@ -192,6 +193,8 @@ class RunCore:
         self.leader_streak = 0
         self.answer_run = 0
         self.first_tokens: int | None = None
+        #: Tokens decoded by calls the run gave up on (cancelled, timed out), which no sample reports.
+        self.wasted_tokens = 0
         self.exhausted = False
         #: A sampler raised :class:`~budgetctl.FatalSamplerError`: launch nothing more.
         self.fatal = False
@@ -254,6 +257,34 @@ class RunCore:
         if reason is None and self.n_in_flight == 0 and self.room() == 0:
             reason = self.limit_reason() or "budget"
         return reason
+
+    def wasted(self, tokens: int) -> None:
+        """Event: calls the run gave up on had decoded ``tokens`` tokens that no sample reports.
+
+        Counted in ``wasted_tokens`` (``Result.wasted_tokens``), and charged to the tokens and
+        dollars spent when the budget says so (``Budget(charge_wasted=True)``): a provider bills them.
+        """
+        if tokens <= 0:
+            return
+        self.wasted_tokens += tokens
+        if self.budget.charge_wasted:
+            self.tokens += tokens
+            self.dollars += tokens * self.budget.price_per_token
+
+    def charged(self, state: RunState, tokens: int) -> RunState:
+        """``state`` as it would read had the run also given up calls that decoded ``tokens`` tokens.
+
+        What :meth:`wasted` does to the spending, without changing the run: the simulator stops one
+        policy with it on a trajectory that the other policies go on with.
+        """
+        if tokens <= 0 or not self.budget.charge_wasted:
+            return state
+        left = state.tokens_left
+        return state._replace(
+            tokens=state.tokens + tokens,
+            dollars=state.dollars + tokens * self.budget.price_per_token,
+            tokens_left=None if left is None else max(left - tokens, 0),
+        )
 
     def cancel(self) -> int:
         """Event: the calls still in flight were cancelled; returns how many."""
@@ -562,6 +593,7 @@ class RunCore:
             elapsed=state.elapsed,
             samples=tuple(self.samples),
             state=state,
+            wasted_tokens=self.wasted_tokens,
         )
 
     def finish(self, reason: StopReason, now: float, *, fallback: object = None) -> Result:

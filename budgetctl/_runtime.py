@@ -17,7 +17,6 @@ import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from types import TracebackType
 from typing import IO, Any, TypeAlias
 
@@ -418,9 +417,7 @@ class Run:
                         reason = core.expired(now)
                         if reason is not None:  # past the limit: as if it had cancelled the call first
                             break
-                        lost = flights.arrived(index, outcome, latency, now, final=final)
-                        if lost:
-                            self._charge(lost)
+                        core.wasted(flights.arrived(index, outcome, latency, now, final=final))
                         try:
                             reason = core.outcome(outcome, latency, now, final=final)
                         except PolicyError as error:
@@ -437,17 +434,9 @@ class Run:
             reason = core.time_reason()
         self._finish(reason, now)
 
-    def _charge(self, lost: int) -> None:
-        # Tokens decoded by cancelled calls, added to the spending when the budget says so.
-        core = self._core
-        if core.budget.charge_wasted:
-            core.tokens += lost
-            core.dollars += lost * core.budget.price_per_token
-
     def _finish(self, reason: StopReason, now: float) -> None:
-        self._charge(self._flights.cancelled(now))
-        result = self._core.finish(reason, now, fallback=self._fallback)
-        self._result = result = replace(result, wasted_tokens=self._flights.wasted)
+        self._core.wasted(self._flights.cancelled(now))
+        self._result = result = self._core.finish(reason, now, fallback=self._fallback)
         if self._trace is not None:
             self._trace.stop(result)
         self._publish(result.state)

@@ -245,3 +245,17 @@ def test_an_answer_whose_comparison_raises_leaves_the_vote_untouched() -> None:
     core.fill()
     core.outcome(bc.Sample(answer=Touchy()), 0.2, 0.2)
     assert dict(core.state.counts) == before and core.n_failed == 1 and core.state.total_votes == 1
+
+
+def test_wasted_tokens_are_counted_and_charged_only_when_the_budget_says_so() -> None:
+    for charge in (False, True):
+        core = RunCore(policy=MaxSamples(5), budget=bc.Budget(tokens=100, price_per_token=0.01, charge_wasted=charge))
+        core.start(0.0)
+        core.fill()
+        core.outcome(bc.Sample(answer="a", tokens=10), 0.1, 0.1)
+        shown = core.charged(core.state, 7)  # the simulator's view of a stop that gave up 7 decoded tokens
+        core.wasted(7)
+        assert core.wasted_tokens == 7
+        assert core.tokens == shown.tokens == (17 if charge else 10)
+        assert shown.tokens_left == (83 if charge else 90)
+        assert core.finish("policy", 0.2).wasted_tokens == 7

@@ -664,3 +664,19 @@ def test_a_request_deadline_counts_from_the_call() -> None:
 
     waited, result = run_virtual(main)
     assert result.stop_reason == "deadline" and result.elapsed == 1.5 and waited == 1.5
+
+
+def test_lookahead_gain_of_long_horizons_is_bounded_and_quick() -> None:
+    # A request with many calls in flight asks for long horizons: they read as MAX_HORIZON (a horizon
+    # of 30 once took minutes, the recursion outgrowing its cache).
+    from budgetctl._core import RunCore
+    from budgetctl.sched._lookahead import MAX_HORIZON
+
+    core = RunCore(policy=MaxSamples(100))
+    core.start(0.0)
+    for answer in "aabcd":
+        core.fill()
+        core.outcome(bc.Sample(answer=answer, tokens=10), 0.1, 0.1)
+    gain = LookaheadGain()
+    assert gain.predict_gain(core.state, 30) == gain.predict_gain(core.state, MAX_HORIZON) > 0
+    assert gain.predict_gain(core.state, MAX_HORIZON) >= gain.predict_gain(core.state, 3)

@@ -47,6 +47,11 @@ def _without(votes: tuple[float, ...], index: int, plus: float | None = None) ->
     return tuple(kept)
 
 
+#: The longest lookahead computed: the gain of more samples than this reads as the gain of this many
+#: (a request with this many calls in flight gets no further priority from the lookahead).
+MAX_HORIZON = 12
+
+
 @lru_cache(maxsize=1 << 16)
 def _expected_gain(
     leader: float, old: float, others: tuple[float, ...], rest: float, theta: float, horizon: int
@@ -140,6 +145,9 @@ class LookaheadGain:
         """Expected rise of P(the reported answer is the majority) after ``horizon`` more samples."""
         if horizon <= 0:
             return 0.0
+        # The recursion's states grow fast with the horizon (past about 20 it no longer fits its
+        # cache and takes seconds); the gain saturates well before, so longer horizons read as MAX_HORIZON.
+        horizon = min(horizon, MAX_HORIZON)
         return _gain_of_votes(tuple(state.counts.values()), float(self.theta), horizon)
 
     def predict_tokens(self, state: RunState, horizon: int = 1) -> float:

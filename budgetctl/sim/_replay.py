@@ -336,7 +336,7 @@ def replay_orders(
                 heapq.heappush(heap, (finished_at, index, item, duration))
                 lost = wasted(heap, core.limit_at)
                 core.cancel()
-                finish(branch, Stop(core.snapshot(core.limit_at), reason, lost))
+                finish(branch, Stop(core.charged(core.snapshot(core.limit_at), lost), reason, lost))
                 break
             branch.now = finished_at
             if branch.flights is not None:
@@ -349,7 +349,8 @@ def replay_orders(
                     if reason is None:
                         still.append(p)
                     else:
-                        stop = Stop(state, reason, wasted(heap, finished_at))
+                        lost = wasted(heap, finished_at)
+                        stop = Stop(core.charged(state, lost), reason, lost)
                         for o in members:
                             results[o][p] = stop
                 branch.active = still
