@@ -103,22 +103,30 @@ def _value(text: str) -> float | str:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces ``args``, every option spelled out (what the artifact records)."""
+    """The command that reproduces a gain-model training, every option spelled out (what the artifact records)."""
+    return _spelled_out(
+        args,
+        [
+            ("--value", args.value),
+            ("--max-loss", args.max_loss),
+            ("--model", args.model),
+            ("--orders", args.orders),
+            ("--target-orders", args.target_orders),
+            ("--folds", args.folds),
+            ("--max-iter", args.max_iter),
+            ("--max-rows", args.max_rows),
+            ("--epochs", args.epochs),
+            ("--holdout", args.holdout),
+            ("--eval-orders", args.eval_orders),
+            ("--seed", args.seed),
+        ],
+    )
+
+
+def _spelled_out(args: argparse.Namespace, options: list[tuple[str, object]]) -> str:
+    # ``budgetctl train POOLS -o DIR`` with ``options``, the datasets and --skip-bad, quoted for a shell.
     parts = ["budgetctl", "train", *args.pools, "-o", args.output]
-    for flag, value in (
-        ("--value", args.value),
-        ("--max-loss", args.max_loss),
-        ("--model", args.model),
-        ("--orders", args.orders),
-        ("--target-orders", args.target_orders),
-        ("--folds", args.folds),
-        ("--max-iter", args.max_iter),
-        ("--max-rows", args.max_rows),
-        ("--epochs", args.epochs),
-        ("--holdout", args.holdout),
-        ("--eval-orders", args.eval_orders),
-        ("--seed", args.seed),
-    ):
+    for flag, value in options:
         parts += [flag, str(value)]
     for name in args.dataset or []:
         parts += ["--dataset", name]
@@ -227,22 +235,20 @@ def more_or_fewer(saving: float | None, unit: str) -> str:
 
 def task_command_line(args: argparse.Namespace) -> str:
     """The command that reproduces a per-task training, every option spelled out."""
-    parts = ["budgetctl", "train", *args.pools, "-o", args.output]
+    prices: list[tuple[str, object]] = []
     if args.value != "auto":
-        parts += ["--value", str(args.value), "--price-per-1k", str(args.price_per_1k)]
-    for flag, value in (
-        ("--max-loss", args.max_loss),
-        ("--confidence", args.confidence),
-        ("--orders", args.orders),
-        ("--folds", args.folds),
-        ("--seed", args.seed),
-    ):
-        parts += [flag, str(value)]
-    for name in args.dataset or []:
-        parts += ["--dataset", name]
-    if args.skip_bad:
-        parts.append("--skip-bad")
-    return shlex.join(parts)
+        prices = [("--value", args.value), ("--price-per-1k", args.price_per_1k)]
+    return _spelled_out(
+        args,
+        [
+            *prices,
+            ("--max-loss", args.max_loss),
+            ("--confidence", args.confidence),
+            ("--orders", args.orders),
+            ("--folds", args.folds),
+            ("--seed", args.seed),
+        ],
+    )
 
 
 def run_tasks(args: argparse.Namespace) -> int:
