@@ -119,13 +119,22 @@ def save_policy(
     return save_directory(path, document, weights, model_card, load_policy, force=force)
 
 
+#: The largest weight magnitude a policy may hold. Trained weights are many orders of magnitude
+#: smaller; a larger one (a damaged file) would overflow a decision to inf instead of failing at load.
+MAX_WEIGHT = 1e50
+
+
 def _finite(name: str, array: np.ndarray) -> bool:
-    """Whether a weight array is usable: finite floats (tree thresholds may be +inf: always-left padding)."""
+    """Whether a weight array is usable: finite floats of sane size (tree thresholds may be +inf: always-left padding)."""
     if array.dtype.kind not in "fc":
         return True
     if name.endswith("threshold"):
-        return not bool(np.isnan(array).any() or np.isneginf(array).any())
-    return bool(np.isfinite(array).all())
+        if np.isnan(array).any() or np.isneginf(array).any():
+            return False
+        array = array[np.isfinite(array)]
+    elif not np.isfinite(array).all():
+        return False
+    return not array.size or bool(np.abs(array).max() <= MAX_WEIGHT)
 
 
 def save_directory(
@@ -335,7 +344,7 @@ def load_policy(path: str | os.PathLike[str]) -> LearnedStop:
         raise ArtifactError(f"{target}: value {value!r} or default_tokens {default_tokens!r} out of range")
     bad = [name for name, array in arrays.items() if not _finite(name, array)]
     if bad:
-        raise ArtifactError(f"{target}: non-finite weights in {', '.join(bad)}")
+        raise ArtifactError(f"{target}: non-finite weights, or weights above {MAX_WEIGHT:g}, in {', '.join(bad)}")
     feature = model_arrays.get("feature")
     if feature is not None and feature.size and (feature.min() < 0 or feature.max() >= len(FEATURE_NAMES)):
         raise ArtifactError(
