@@ -125,7 +125,7 @@ MAX_WEIGHT = 1e50
 
 
 def _finite(name: str, array: np.ndarray) -> bool:
-    """Whether a weight array is usable: finite floats of sane size (tree thresholds may be +inf: always-left padding)."""
+    """Whether a weight array is usable: finite floats of sane size (tree thresholds may be +inf: padding)."""
     if array.dtype.kind not in "fc":
         return True
     if name.endswith("threshold"):
