@@ -315,12 +315,7 @@ class RunCore:
         budget has left, and zero once a limit forbids launching. A policy that has not stopped
         always gets at least one call in flight, so a bound can delay launches, never end a run.
         """
-        if self.exhausted or self.fatal or (self.max_failures is not None and self.n_failed > self.max_failures):
-            return 0
-        budget = self.budget
-        if budget.tokens is not None and self.tokens >= budget.tokens:
-            return 0
-        if budget.dollars is not None and self.dollars >= budget.dollars:
+        if not self.can_launch():  # one list of the limits for room, rooms and the drivers
             return 0
         in_flight = self.n_in_flight
         room = (self.concurrency if self.planner is None else self.target_in_flight(policy)) - in_flight
@@ -330,7 +325,7 @@ class RunCore:
             bound = (self.policy if policy is None else policy).remaining_bound(self._state)
             if bound is not None:
                 room = min(room, (bound if bound > 1 else 1) - in_flight)
-        samples = budget.samples
+        samples = self.budget.samples
         if samples is not None and room > samples - self.n_launched:
             room = samples - self.n_launched
         return room if room > 0 else 0
